@@ -1,0 +1,155 @@
+"""Exporting a training checkpoint to an ONNX model the evaluator can grade.
+
+The model is traced in eval mode with a batch of two, so the batch axis is provably
+dynamic, then checked: ``onnx.checker`` full check, and onnxruntime against PyTorch on
+batches of 1, 7 and 64 real images. Export fails when the logits differ by more than
+``PARITY_TOLERANCE``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+
+from evaluate.datasets import open_image_set
+from evaluate.decoding import decode_indices
+from evaluate.errors import InputError
+from evaluate.metadata import ModelMetadata
+from evaluate.preprocessing import Recipe, normalize
+from train.checkpoints import load_checkpoint, model_from_state
+
+log = logging.getLogger(__name__)
+
+OPSET = 17
+PARITY_TOLERANCE = 1e-4
+PARITY_BATCHES = (1, 7, 64)
+
+
+@dataclass
+class ExportResult:
+    """Where the model went and how closely onnxruntime matches PyTorch."""
+
+    path: Path
+    max_abs_diff: dict[int, float]
+    parity_source: str
+    metadata: ModelMetadata
+
+
+def _parity_inputs(state: dict[str, Any], recipe: Recipe, data: str | None, count: int) -> tuple[np.ndarray, str]:
+    """Preprocess ``count`` real images with the evaluator's own code path.
+
+    Falls back to random inputs, with a warning, when the training data is not at hand.
+    """
+    source = data or state.get("data", {}).get("path")
+    try:
+        if source is None:
+            raise InputError("the checkpoint records no training data path")
+        image_set = open_image_set(source, split="test")
+        step = max(1, len(image_set) // count)
+        chunk = decode_indices(image_set, recipe, list(range(0, len(image_set), step))[:count])
+        if len(chunk.indices) < count:
+            raise InputError(f"{source}: only {len(chunk.indices)} images could be decoded")
+        return normalize(chunk.canvases, recipe), f"{count} images of {source}"
+    except InputError as error:
+        log.warning("parity checked on random inputs, not real images: %s; pass --data", error)
+        generator = np.random.default_rng(0)
+        return generator.standard_normal((count, 1, recipe.size, recipe.size)).astype(np.float32), "random inputs"
+
+
+def provenance(state: dict[str, Any]) -> dict[str, Any]:
+    """Collect where a model came from, for the ONNX metadata and model cards."""
+    history = state.get("history", {}).get("epochs", {})
+    return {
+        "task": state.get("task"),
+        "seed": state.get("seed"),
+        "epochs": state.get("epoch"),
+        "training_data_sha256": state.get("data", {}).get("sha256"),
+        "val_top1": state.get("best_top1") if state.get("best_top1", -1) >= 0 else None,
+        "final_train_loss": history.get("train_loss", [None])[-1],
+        "val_confusion": state.get("val_confusion"),
+        "init": state.get("init"),
+        "torch_version": torch.__version__,
+        "onnx_version": onnx.__version__,
+        "exported_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def _trace(model: torch.nn.Module, size: int, path: Path) -> None:
+    example = torch.zeros(2, 1, size, size)
+    torch.onnx.export(
+        model,
+        (example,),
+        str(path),
+        dynamo=False,
+        opset_version=OPSET,
+        input_names=["input"],
+        output_names=["logits"],
+        dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+    )
+
+
+def _check_parity(model: torch.nn.Module, path: Path, inputs: np.ndarray) -> dict[int, float]:
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    differences = {}
+    for batch in PARITY_BATCHES:
+        batch_inputs = np.resize(inputs, (batch, *inputs.shape[1:]))
+        with torch.inference_mode():
+            expected = model(torch.from_numpy(batch_inputs)).numpy()
+        actual = session.run(None, {"input": batch_inputs})[0]
+        if actual.shape != expected.shape:
+            raise RuntimeError(f"onnxruntime returned logits of shape {actual.shape} for batch {batch}, PyTorch {expected.shape}")
+        differences[batch] = float(np.abs(actual - expected).max())
+    return differences
+
+
+def _write_atomic(model_proto: onnx.ModelProto, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
+    try:
+        onnx.save(model_proto, temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def export_checkpoint(checkpoint: str | Path, out: str | Path, data: str | None = None) -> ExportResult:
+    """Export a checkpoint to ONNX at ``out`` with inkbench metadata; raise on a parity failure."""
+    state = load_checkpoint(checkpoint)
+    model = model_from_state(state)
+    recipe = Recipe.from_json(state["recipe"])
+    metadata = ModelMetadata(class_names=list(state["class_names"]), recipe=recipe, provenance=provenance(state))
+    out = Path(out)
+
+    with tempfile.TemporaryDirectory() as work:
+        traced = Path(work) / "model.onnx"
+        _trace(model, recipe.size, traced)
+        proto = onnx.load(str(traced))
+        for key, value in metadata.to_props().items():
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = key, value
+        proto.doc_string = f"inkbench {state.get('task', 'model')}: {len(metadata.class_names)} classes"
+        onnx.checker.check_model(proto, full_check=True)
+        onnx.save(proto, str(traced))
+
+        inputs, source = _parity_inputs(state, recipe, data, max(PARITY_BATCHES))
+        differences = _check_parity(model, traced, inputs)
+        worst = max(differences.values())
+        if worst > PARITY_TOLERANCE:
+            raise RuntimeError(
+                f"onnxruntime logits differ from PyTorch by {worst:.2e} (> {PARITY_TOLERANCE:.0e}) on {source}; "
+                "the ONNX file was not written"
+            )
+        _write_atomic(proto, out)
+    return ExportResult(out, differences, source, metadata)
