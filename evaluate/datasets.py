@@ -284,7 +284,11 @@ def open_image_set(path: str | Path, class_names: Sequence[str] | None = None, s
             f"{path}: mixes {len(flat)} loose images with class sub-folders; "
             "move the loose images into a class folder or a separate folder"
         )
-    labels, classes = label_folders([r.split("/", 1)[0] for r in relative], class_names)
+    try:
+        labels, classes = label_folders([r.split("/", 1)[0] for r in relative], class_names)
+    except InputError as error:
+        # label_folders does not know the path; name it, as every other InputError here does.
+        raise InputError(f"{path}: {error}") from None
     return ImageSet(path, kind, root, members, labels, classes)
 
 
