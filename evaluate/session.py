@@ -69,6 +69,10 @@ def open_model(path: str | Path, provider: str = "auto", threads: int | None = N
             )
         wanted = ["CPUExecutionProvider"]
 
+    # onnxruntime logs a CUDA provider that fails to load as an error, which under "auto"
+    # is the expected fallback on a machine without a GPU. Under "cuda" the log stays
+    # (2 is onnxruntime's default severity), because there it explains the failure.
+    ort.set_default_logger_severity(4 if provider == "auto" else 2)
     try:
         session = ort.InferenceSession(str(path), sess_options=options, providers=wanted)
     except Exception as error:  # onnxruntime raises its own exception types for bad files
