@@ -1,0 +1,181 @@
+"""Fixtures for the evaluator's tests: real data subsets and small ONNX models built without torch.
+
+The models are nearest-centroid classifiers: one Flatten -> MatMul -> Add graph whose
+weights are class-mean images of a few training samples. They are real ONNX models
+that reach well above chance, so tests can assert accuracy, not only that a run ended.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from evaluate.datasets import DIGIT_CLASSES, find_idx_files, read_idx
+from evaluate.metadata import ModelMetadata
+from evaluate.preprocessing import MNIST_RECIPE, SCAN_RECIPE, Recipe, load_image, normalize, to_canvas
+
+DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+TRAIN_ZIP = DATA_DIR / "trainPart1.zip"
+MNIST_DIR = DATA_DIR / "mnist"
+
+# Per digit class of trainPart1.zip: members that build the templates, then members graded.
+TEMPLATE_IMAGES = 6
+GRADED_IMAGES = 3
+
+
+def require(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"shared data {path} is absent; the tests need the real data sets beside the repository")
+    return path
+
+
+def build_linear_model(
+    path: Path,
+    weights: np.ndarray,
+    bias: np.ndarray,
+    input_shape: list[int | str],
+    metadata: ModelMetadata | None = None,
+    output_shape: list[int | str] | None = None,
+) -> Path:
+    """Save an ONNX model computing Flatten(x) @ weights + bias, with optional inkbench metadata."""
+    nodes = [
+        helper.make_node("Flatten", ["input"], ["flat"], axis=1),
+        helper.make_node("MatMul", ["flat", "weights"], ["scores"]),
+        helper.make_node("Add", ["scores", "bias"], ["logits"]),
+    ]
+    initializers = [
+        numpy_helper.from_array(weights.astype(np.float32), "weights"),
+        numpy_helper.from_array(bias.astype(np.float32), "bias"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "nearest_centroid",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, input_shape)],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, output_shape or ["N", weights.shape[1]])],
+        initializers,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    if metadata is not None:
+        helper.set_model_props(model, metadata.to_props())
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def centroid_weights(canvases: np.ndarray, labels: np.ndarray, recipe: Recipe, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Return (weights, bias) whose argmax is the nearest class mean in the normalised input space.
+
+    argmin_c |x - m_c|^2 equals argmax_c (x . m_c - |m_c|^2 / 2), a linear layer.
+    """
+    inputs = normalize(canvases, recipe).reshape(len(canvases), -1)
+    means = np.stack([inputs[labels == c].mean(axis=0) for c in range(num_classes)])
+    return means.T, -0.5 * (means**2).sum(axis=1)
+
+
+def reference_logits(canvases: np.ndarray, weights: np.ndarray, bias: np.ndarray, recipe: Recipe) -> np.ndarray:
+    return normalize(canvases, recipe).reshape(len(canvases), -1) @ weights + bias
+
+
+@dataclass
+class DigitScans:
+    """Digit scans from trainPart1.zip: a centroid model built on some, and others to grade."""
+
+    model: Path
+    weights: np.ndarray
+    bias: np.ndarray
+    recipe: Recipe
+    members: list[str]
+    labels: np.ndarray
+    canvases: np.ndarray
+    zip_path: Path
+    folder: Path
+
+    def expected_predictions(self) -> np.ndarray:
+        return reference_logits(self.canvases, self.weights, self.bias, self.recipe).argmax(axis=1)
+
+
+def _digit_members(archive: zipfile.ZipFile) -> tuple[dict[int, list[str]], dict[int, list[str]]]:
+    names = sorted(archive.namelist())
+    templates, graded = {}, {}
+    for digit in range(10):
+        folder = f"train/Sample{digit + 1:03d}/"
+        members = [name for name in names if name.startswith(folder) and name.endswith(".png")]
+        templates[digit] = members[:TEMPLATE_IMAGES]
+        graded[digit] = members[TEMPLATE_IMAGES : TEMPLATE_IMAGES + GRADED_IMAGES]
+    return templates, graded
+
+
+def _decode(archive: zipfile.ZipFile, member: str, recipe: Recipe) -> np.ndarray:
+    with archive.open(member) as handle:
+        return to_canvas(load_image(handle), recipe)
+
+
+@pytest.fixture(scope="session")
+def digit_scans(tmp_path_factory: pytest.TempPathFactory) -> DigitScans:
+    """30 digit scans as a zip and a folder, and a 10-class model with inkbench metadata."""
+    root = tmp_path_factory.mktemp("digits")
+    recipe = SCAN_RECIPE
+    with zipfile.ZipFile(require(TRAIN_ZIP)) as archive:
+        templates, graded = _digit_members(archive)
+        template_canvases = np.stack([_decode(archive, m, recipe) for d in range(10) for m in templates[d]])
+        template_labels = np.repeat(np.arange(10), TEMPLATE_IMAGES)
+        members = [m for d in range(10) for m in graded[d]]
+        canvases = np.stack([_decode(archive, m, recipe) for m in members])
+
+        zip_path = root / "digits.zip"
+        folder = root / "digits"
+        with zipfile.ZipFile(zip_path, "w") as subset:
+            for member in members:
+                data = archive.read(member)
+                subset.writestr(member, data)
+                target = folder / member
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(data)
+
+    weights, bias = centroid_weights(template_canvases, template_labels, recipe, 10)
+    metadata = ModelMetadata(list(DIGIT_CLASSES), recipe, {"task": "test digits"})
+    model = build_linear_model(root / "digits.onnx", weights, bias, ["N", 1, recipe.size, recipe.size], metadata)
+    labels = np.repeat(np.arange(10), GRADED_IMAGES)
+    return DigitScans(model, weights, bias, recipe, members, labels, canvases, zip_path, folder / "train")
+
+
+@dataclass
+class MnistModel:
+    path: Path
+    weights: np.ndarray
+    bias: np.ndarray
+
+
+@pytest.fixture(scope="session")
+def mnist_dir() -> Path:
+    folder = require(MNIST_DIR)
+    if find_idx_files(folder, "test") is None:
+        pytest.skip(f"{folder} holds no MNIST test split")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def mnist_model(mnist_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> MnistModel:
+    """A 10-class centroid model from the first 2000 MNIST training images, with metadata."""
+    paths = find_idx_files(mnist_dir, "train")
+    if paths is None:
+        pytest.skip(f"{mnist_dir} holds no MNIST train split")
+    images, labels = read_idx(paths[0])[:2000], read_idx(paths[1])[:2000].astype(np.int64)
+    weights, bias = centroid_weights(images, labels, MNIST_RECIPE, 10)
+    metadata = ModelMetadata(list(DIGIT_CLASSES), MNIST_RECIPE, {"task": "test mnist"})
+    path = tmp_path_factory.mktemp("mnist") / "mnist.onnx"
+    build_linear_model(path, weights, bias, ["N", 1, 28, 28], metadata)
+    return MnistModel(path, weights, bias)
+
+
+@pytest.fixture
+def make_model():
+    """Return build_linear_model, for tests that need a model of their own shape or metadata."""
+    return build_linear_model
