@@ -164,6 +164,17 @@ def _add_output_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("-v", "--verbose", action="store_true", help="log progress details at INFO level")
 
 
+def _add_benchmark_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the flags of --benchmark from evaluate.benchmark_cli, when this install has it."""
+    try:
+        from evaluate.benchmark_cli import add_benchmark_arguments
+    except ModuleNotFoundError as error:
+        if error.name != "evaluate.benchmark_cli":
+            raise
+        return
+    add_benchmark_arguments(parser)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the parser of every flag; other modes add their flags here."""
     parser = argparse.ArgumentParser(
@@ -176,6 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_preprocessing_arguments(parser)
     _add_runtime_arguments(parser)
     _add_output_arguments(parser)
+    _add_benchmark_arguments(parser)
     return parser
 
 
