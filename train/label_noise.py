@@ -5,7 +5,7 @@ that forward loss correction multiplies the model's softmax by (Patrini et al. 2
 "Making deep neural networks robust to label noise: a loss correction approach", CVPR).
 Here it is estimated without training on the noisy data. A reference model that never saw
 the data predicts every image, and its confusion matrix ``C[true, pred]``, measured on
-clean data, says how its predictions depend on the true class. When the prediction
+clean data, gives the distribution of its predictions for each true class. When the prediction
 depends on the image only through its true class, then for the images carrying given
 label g::
 
@@ -235,10 +235,10 @@ def classify_transition(transition: np.ndarray, true_prior: np.ndarray) -> Corru
          ``clean``. Noise below 5% is within the estimate's own error with a
          reference of 70-90% accuracy, so it is not called noise.
        - pi is not the identity: ``permutation``, with mapping[g] = pi^-1(g).
-    2. Uniform flips: if the off-diagonal entries of every row lie within an RMS of
-       0.04 of that row's off-diagonal mass spread evenly over the K-1 other labels,
-       and the diagonal varies by at most 0.10 (standard deviation) between classes,
-       the flips are symmetric. 0.04 separates sampling error of a few thousand images
+    2. Uniform flips: spread each row's off-diagonal mass evenly over the K-1 other
+       labels. If the off-diagonal entries lie within an RMS of 0.04 of that, and the
+       diagonal varies by at most 0.10 (standard deviation) between classes, the flips
+       are symmetric. 0.04 separates sampling error of a few thousand images
        from a flip into one other label at 20% (RMS deviation about 0.06 for K=10).
        - diagonal below a quarter of chance (0.25/K): ``complementary``. Complementary
          labels never name the true class, so their diagonal is 0. Symmetric noise
