@@ -86,4 +86,4 @@ def build_model(config: ModelConfig) -> InkNet:
 
 # Architectures of the shipped models.
 SCAN_CONFIG = ModelConfig(num_classes=62, input_size=64, widths=(32, 64, 128, 192), pooled_stages=3, head_grid=4, dropout=0.4)
-MNIST_CONFIG = ModelConfig(num_classes=10, input_size=28, widths=(32, 64, 96), pooled_stages=2, head_grid=7, dropout=0.3)
+MNIST_CONFIG = ModelConfig(num_classes=10, input_size=28, widths=(16, 32, 64), pooled_stages=2, head_grid=7, dropout=0.3)

@@ -1,0 +1,199 @@
+"""MNIST runs: task 2's fine-tuning and random-initialisation arms, and task 3's noisy labels.
+
+The two arms of task 2 share everything but their initial weights: the architecture,
+the seed-driven data order and augmentation, the optimiser, the schedule and the step
+count. Both start from ``torch.manual_seed(seed)``; the pretrained arm then loads the
+digits network's weights over the random ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from rich.console import Console
+
+from evaluate.datasets import DIGIT_CLASSES
+from evaluate.errors import InputError
+from evaluate.preprocessing import MNIST_RECIPE
+from train.augment import AffineRange
+from train.checkpoints import load_checkpoint
+from train.calibration import expected_calibration_error, per_class_accuracy
+from train.loop import LabelledArrays, LossFunction, RunSpec, TrainConfig, Trainer, evaluate_arrays, predict_logits
+from train.mnist_data import load_mnist, subset
+from train.models import MNIST_CONFIG, InkNet, ModelConfig, build_model
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MNIST = "../shared/data/mnist"
+DEFAULT_DIGITS = "artifacts/task2_digits.pt"
+MNIST_AUGMENT = AffineRange(degrees=10.0, scale=(0.9, 1.1), shear_degrees=10.0, translate=0.08)
+BATCH_SIZE = 128
+# Low-data runs take at least this many steps, so that a 100-image run trains for more
+# than one step an epoch's worth of times.
+MIN_STEPS = 600
+
+
+def convergence_steps(steps_per_epoch: int, epochs: int) -> list[int]:
+    """Return the steps at which a run evaluates on the test split.
+
+    Every 25 steps through the first epoch, where the arms differ most, then every
+    quarter epoch, and always the final step.
+    """
+    total = steps_per_epoch * epochs
+    first = list(range(0, min(steps_per_epoch, total) + 1, 25))
+    later = list(range(steps_per_epoch, total + 1, max(1, steps_per_epoch // 4)))
+    return sorted(set(first + later + [total]))
+
+
+def initial_model(init: str, seed: int, digits_checkpoint: str | Path, config: ModelConfig = MNIST_CONFIG) -> tuple[InkNet, dict[str, Any]]:
+    """Build the network for an arm: random (``scratch``) or the digits network (``pretrained``)."""
+    torch.manual_seed(seed)
+    model = build_model(config)
+    if init == "scratch":
+        return model, {"init": "scratch"}
+    state = load_checkpoint(digits_checkpoint)
+    if state["model_config"] != config.to_dict():
+        raise InputError(
+            f"{digits_checkpoint}: its architecture {state['model_config']} differs from the MNIST network's; "
+            "pretrain with 'python -m train task2-pretrain'"
+        )
+    model.load_state_dict(state["model"])
+    return model, {"init": "pretrained", "init_checkpoint": str(digits_checkpoint), "init_sha256": state.get("data", {}).get("sha256")}
+
+
+def run_mnist_arm(
+    *,
+    init: str,
+    seed: int,
+    train: LabelledArrays,
+    test: LabelledArrays,
+    out_dir: Path,
+    epochs: int,
+    digits_checkpoint: str | Path,
+    resume: bool,
+    console: Console,
+    loss: LossFunction | None = None,
+    extra_state: dict[str, Any] | None = None,
+    lr: float = 0.05,
+    batch_size: int = BATCH_SIZE,
+) -> dict[str, Any]:
+    """Train one arm and return its record: seed, curves, per-epoch history, final metrics."""
+    batch_size = min(batch_size, len(train))
+    steps_per_epoch = max(1, len(train) // batch_size)
+    epochs = max(epochs, math.ceil(MIN_STEPS / steps_per_epoch)) if len(train) < 10_000 else epochs
+    model, init_state = initial_model(init, seed, digits_checkpoint)
+    config = TrainConfig(
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+        augment=MNIST_AUGMENT,
+        eval_steps=convergence_steps(steps_per_epoch, epochs),
+    )
+    spec = RunSpec(
+        model=model,
+        recipe=MNIST_RECIPE,
+        class_names=list(DIGIT_CLASSES),
+        train=train,
+        monitor=test,
+        out_dir=out_dir,
+        loss=loss,
+        extra_state={**init_state, **(extra_state or {})},
+    )
+    trainer = Trainer(spec, config, console)
+    last = out_dir / "last.pt"
+    if last.exists():
+        if not resume:
+            raise InputError(f"{last} exists; pass --resume to continue that run, or choose another --out")
+        trainer.resume(load_checkpoint(last))
+    trainer.fit()
+    return arm_record(trainer, train, test)
+
+
+def arm_record(trainer: Trainer, train: LabelledArrays, test: LabelledArrays) -> dict[str, Any]:
+    """Summarise a finished run for the study JSON."""
+    model, recipe = trainer.model, trainer.spec.recipe
+    logits = predict_logits(model, test.canvases, recipe)
+    probabilities = torch.softmax(logits, dim=1).numpy()
+    predictions = probabilities.argmax(axis=1)
+    test_metrics = evaluate_arrays(model, test, recipe)
+    # Training metrics on (up to) 10000 un-augmented training images, for the gap.
+    sample = LabelledArrays(train.canvases[:10_000], train.labels[:10_000])
+    train_metrics = evaluate_arrays(model, sample, recipe)
+    return {
+        "seed": trainer.config.seed,
+        "train_size": len(train),
+        "steps": trainer.total_steps,
+        "train_seconds": trainer.train_seconds,
+        "curve": trainer.history.curve,
+        "epochs": trainer.history.epochs,
+        "final": {
+            "test_top1": test_metrics["top1"],
+            "test_loss": test_metrics["loss"],
+            "train_top1": train_metrics["top1"],
+            "train_loss": train_metrics["loss"],
+            "ece": expected_calibration_error(probabilities, test.labels),
+            "per_class_top1": per_class_accuracy(predictions, test.labels, probabilities.shape[1]),
+        },
+    }
+
+
+# Command line
+
+def add_arguments(subparsers: argparse._SubParsersAction, add_common: Callable[..., None]) -> None:
+    """Register the task2, study and task3 sub-commands."""
+    task2 = subparsers.add_parser("task2", help="fine-tune the digits network on MNIST, or train it from random initialisation")
+    task2.add_argument("--init", choices=("pretrained", "scratch"), required=True, help="initial weights: the digits network or random")
+    task2.add_argument("--mnist", default=DEFAULT_MNIST, help=f"folder with MNIST's IDX files, gz or not; downloaded there if missing (default {DEFAULT_MNIST})")
+    task2.add_argument("--digits", default=DEFAULT_DIGITS, help=f"checkpoint of the digits network for --init pretrained (default {DEFAULT_DIGITS})")
+    task2.add_argument("--train-size", type=int, default=None, help="use only this many MNIST training images, drawn by seed (default: all 60000)")
+    add_common(task2, epochs=10, batch_size=BATCH_SIZE, lr=0.05)
+
+    from train import study
+
+    study.add_arguments(subparsers)
+
+    try:
+        from train import task3
+    except ImportError:
+        task3 = None
+    if task3 is not None:
+        task3.add_arguments(subparsers, add_common)
+
+
+def run(args: argparse.Namespace, console: Console) -> int:
+    if args.command == "study":
+        from train import study
+
+        return study.run(args, console)
+    if args.command == "task3":
+        from train import task3
+
+        return task3.run(args, console)
+
+    train = subset(load_mnist(args.mnist, "train"), args.train_size, args.seed)
+    test = load_mnist(args.mnist, "test")
+    out_dir = Path(args.out or f"runs/task2_{args.init}_seed{args.seed}")
+    console.print(f"task2 {args.init}: {len(train)} MNIST training images, seed {args.seed}, run folder {out_dir}")
+    record = run_mnist_arm(
+        init=args.init,
+        seed=args.seed,
+        train=train,
+        test=test,
+        out_dir=out_dir,
+        epochs=args.epochs,
+        digits_checkpoint=args.digits,
+        resume=args.resume,
+        console=console,
+        lr=args.lr,
+        batch_size=args.batch_size,
+    )
+    final = record["final"]
+    console.print(f"task2 {args.init} seed {args.seed}: MNIST test top-1 {final['test_top1']:.2%}, loss {final['test_loss']:.4f}")
+    return 0

@@ -1,0 +1,134 @@
+"""``python -m train study task2``: both arms over several seeds and training-set sizes.
+
+Each run lives in its own folder and writes ``record.json`` when it finishes, so a
+study that is interrupted and started again skips finished runs and resumes the
+unfinished one from its ``last.pt``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from evaluate.decoding import available_cpus
+from train.checkpoints import load_checkpoint, model_from_state
+from train.loop import LabelledArrays, evaluate_arrays
+from train.mnist_data import load_mnist, subset
+from train.mnist_tasks import DEFAULT_DIGITS, DEFAULT_MNIST, run_mnist_arm
+from evaluate.preprocessing import MNIST_RECIPE
+
+log = logging.getLogger(__name__)
+
+ARMS = ("pretrained", "scratch")
+
+
+def add_arguments(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("study", help="compare pretrained and random initialisation on MNIST over seeds")
+    parser.add_argument("study", choices=("task2",), help="the study to run")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds per arm, 0 to N-1 (default 3)")
+    parser.add_argument("--epochs", type=int, default=6, help="epochs of each full-data run (default 6)")
+    parser.add_argument("--sizes", default="100,1000", help="comma-separated small training-set sizes also compared (default 100,1000; empty for none)")
+    parser.add_argument("--full-size", type=int, default=None, help="training images of the 'full' runs (default: all 60000)")
+    parser.add_argument("--mnist", default=DEFAULT_MNIST, help=f"folder with MNIST's IDX files (default {DEFAULT_MNIST})")
+    parser.add_argument("--digits", default=DEFAULT_DIGITS, help=f"checkpoint of the digits network (default {DEFAULT_DIGITS})")
+    parser.add_argument("--runs-dir", default="runs/study_task2", help="folder of the per-run folders (default runs/study_task2)")
+    parser.add_argument("--json", default="artifacts/task2_study.json", help="study results to write (default artifacts/task2_study.json)")
+    parser.add_argument("--report", default="artifacts/task2_report.md", help="markdown report to write, with plots in a plots/ folder beside it (default artifacts/task2_report.md)")
+
+
+def _write_json_atomic(values: Any, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(handle, "w") as file:
+        json.dump(values, file, indent=1)
+    os.replace(temporary, path)
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def zero_shot(digits_checkpoint: str | Path, test: LabelledArrays) -> dict[str, float]:
+    """Score the digits network on the MNIST test split before any fine-tuning."""
+    state = load_checkpoint(digits_checkpoint)
+    metrics = evaluate_arrays(model_from_state(state), test, MNIST_RECIPE)
+    return {"test_top1": metrics["top1"], "test_loss": metrics["loss"]}
+
+
+def _run_or_load(run_dir: Path, console: Console, **arm: Any) -> dict[str, Any]:
+    record_path = run_dir / "record.json"
+    if record_path.exists():
+        return json.loads(record_path.read_text())
+    record = run_mnist_arm(out_dir=run_dir, resume=True, console=console, **arm)
+    _write_json_atomic(record, record_path)
+    return record
+
+
+def run(args: argparse.Namespace, console: Console) -> int:
+    started = time.perf_counter()
+    full_train = load_mnist(args.mnist, "train")
+    test = load_mnist(args.mnist, "test")
+    sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
+    runs_dir = Path(args.runs_dir)
+
+    results: dict[str, Any] = {"arms": {arm: {"runs": []} for arm in ARMS}, "low_data": {}}
+    plan = [(None, args.full_size)] + [(size, size) for size in sizes]
+    for label, size in plan:
+        for seed in range(args.seeds):
+            train = subset(full_train, size, seed)
+            for arm in ARMS:
+                name = f"{arm}_{'full' if label is None else f'n{label}'}_seed{seed}"
+                console.print(f"[bold]study run {name}[/bold] ({len(train)} training images)")
+                record = _run_or_load(
+                    runs_dir / name, console, init=arm, seed=seed, train=train, test=test,
+                    epochs=args.epochs, digits_checkpoint=args.digits,
+                )
+                target = results["arms"] if label is None else results["low_data"].setdefault(str(label), {a: {"runs": []} for a in ARMS})
+                target[arm]["runs"].append(record)
+
+    results["zero_shot"] = zero_shot(args.digits, test)
+    results["setup"] = {
+        "epochs": args.epochs,
+        "seeds": args.seeds,
+        "sizes": sizes,
+        "digits_checkpoint": args.digits,
+        "cpu": _cpu_model(),
+        "cpus_available": available_cpus(),
+        "torch": torch.__version__,
+        # Wall time of this invocation; runs loaded from record.json cost nothing here,
+        # so the per-run train_seconds are the figures to sum for a fresh study.
+        "wall_seconds": time.perf_counter() - started,
+        "train_seconds_total": sum(
+            r["train_seconds"]
+            for group in [results["arms"], *results["low_data"].values()]
+            for arm in group.values()
+            for r in arm["runs"]
+        ),
+    }
+    _write_json_atomic(results, Path(args.json))
+    console.print(f"wrote {args.json}")
+
+    from train.study_report import print_summary, write_report
+
+    write_report(results, Path(args.report))
+    console.print(f"wrote {args.report}")
+    print_summary(results, console)
+    return 0
