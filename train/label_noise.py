@@ -48,7 +48,7 @@ ASSIGNMENT_MIN_MASS = 0.80
 ASSIGNMENT_MIN_ROW_MASS = 0.50
 UNIFORM_MAX_RMS_DEVIATION = 0.04
 UNIFORM_MAX_DIAGONAL_SPREAD = 0.10
-COMPLEMENTARY_MAX_DIAGONAL_SHARE_OF_CHANCE = 0.25
+COMPLEMENTARY_MAX_DIAGONAL_SHARE_OF_CHANCE = 0.5
 
 BOOTSTRAP_REPLICATES = 200
 # Without a measured confusion matrix the reference's own errors look like label noise,
@@ -240,9 +240,13 @@ def classify_transition(transition: np.ndarray, true_prior: np.ndarray) -> Corru
        diagonal varies by at most 0.10 (standard deviation) between classes, the flips
        are symmetric. 0.04 separates sampling error of a few thousand images
        from a flip into one other label at 20% (RMS deviation about 0.06 for K=10).
-       - diagonal below a quarter of chance (0.25/K): ``complementary``. Complementary
+       - diagonal at most half of chance (0.5/K): ``complementary``. Complementary
          labels never name the true class, so their diagonal is 0. Symmetric noise
          whose labels still carry information keeps the diagonal above chance 1/K.
+         The margin absorbs a reference's uncorrected errors: with the identity
+         confusion, a 76%-accurate reference put 0.027 on the diagonal of
+         complementary labels. Symmetric noise above a rate of 1 - 0.5/K (0.95 for
+         K=10) is therefore named complementary too.
        - otherwise ``symmetric`` with noise_rate = 1 - the prior-weighted diagonal.
     3. Anything else is ``other``.
     """
