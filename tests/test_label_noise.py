@@ -169,3 +169,15 @@ def test_classify_exact_matrices() -> None:
 def test_count_pairs_rejects_out_of_range() -> None:
     with pytest.raises(ValueError, match="0..9"):
         count_pairs(np.array([0, 10]), np.array([0, 1]), NUM_CLASSES)
+
+
+@pytest.mark.parametrize(("corruption", "expected"), [("clean", "clean"), ("permutation", "permutation")])
+def test_absent_class_not_judged(corruption: str, expected: str) -> None:
+    given, predicted, calibration = simulate(corruption, 0.0, 0.90)
+    # Drop every image of one true class: for the permutation, true class 0 is given label 2.
+    kept = given != (9 if corruption == "clean" else 2)
+
+    _, verdict = diagnose_label_noise(given[kept], predicted[kept], calibration, NUM_CLASSES, replicates=20)
+
+    assert verdict.kind == expected, verdict.evidence
+    assert verdict.evidence["true_classes_not_judged"] == [9 if corruption == "clean" else 0]

@@ -138,7 +138,8 @@ class DiagnosisResult:
 
 
 def _rounded(array: np.ndarray) -> list:
-    return np.round(np.nan_to_num(np.asarray(array, dtype=np.float64), nan=-1.0), 4).tolist()
+    """Round to 4 decimals for JSON; NaN (a class without images) becomes null."""
+    return _json_ready(np.round(np.asarray(array, dtype=np.float64), 4))
 
 
 def _json_ready(value: Any) -> Any:
@@ -150,7 +151,7 @@ def _json_ready(value: Any) -> Any:
     if isinstance(value, np.ndarray):
         return _json_ready(value.tolist())
     if isinstance(value, np.generic):
-        return value.item()
+        return _json_ready(value.item())
     if isinstance(value, float) and not np.isfinite(value):
         return None
     return value

@@ -139,6 +139,9 @@ def _verdict_table(result: DiagnosisResult) -> Table:
     ]
     for name, value in rows:
         table.add_row(name, value)
+    if evidence["true_classes_not_judged"]:
+        rare = " ".join(result.class_names[index] for index in evidence["true_classes_not_judged"])
+        table.add_row("true classes too rare to judge", Text(rare, style="yellow"))
     confusion = result.reference["confusion"]
     source = confusion["source"]
     if source == "identity":

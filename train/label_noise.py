@@ -50,6 +50,9 @@ UNIFORM_MAX_RMS_DEVIATION = 0.04
 UNIFORM_MAX_DIAGONAL_SPREAD = 0.10
 COMPLEMENTARY_MAX_DIAGONAL_SHARE_OF_CHANCE = 0.5
 
+# A true class whose estimated prior is below this share of 1/K is treated as absent.
+RARE_CLASS_SHARE_OF_UNIFORM = 0.1
+
 BOOTSTRAP_REPLICATES = 200
 # Without a measured confusion matrix the reference's own errors look like label noise,
 # which the bootstrap cannot see, so the confidence is capped.
@@ -188,7 +191,9 @@ def _row_entropy(transition: np.ndarray) -> np.ndarray:
 def measure_transition(transition: np.ndarray, true_prior: np.ndarray) -> dict[str, Any]:
     """Compute the statistics that ``classify_transition`` decides on."""
     num_classes = transition.shape[0]
-    present = np.isfinite(transition).all(axis=1) & (true_prior > 0)
+    # EM leaves a small prior on a true class that has no images, and that class's row
+    # of T is then noise, so rows of classes far rarer than 1/K are not judged.
+    present = np.isfinite(transition).all(axis=1) & (true_prior >= RARE_CLASS_SHARE_OF_UNIFORM / num_classes)
     weights = np.where(present, true_prior, 0.0)
     weights = weights / weights.sum() if weights.sum() > 0 else np.full(num_classes, 1.0 / num_classes)
     matrix = np.where(present[:, None], transition, 0.0)
@@ -216,7 +221,7 @@ def measure_transition(transition: np.ndarray, true_prior: np.ndarray) -> dict[s
         "off_diagonal_rms_deviation": rms_deviation,
         "off_diagonal_max": float(matrix[off_diagonal].max()),
         "row_entropy_mean": float(weights @ _row_entropy(matrix)),
-        "classes_without_images": int((~present).sum()),
+        "true_classes_not_judged": np.flatnonzero(~present).tolist(),
     }
 
 
