@@ -161,10 +161,15 @@ def test_unlabelled_folder_writes_default_csv(digit_scans, tmp_path, capsys, mon
     assert all(0.0 < float(row["confidence"]) <= 1.0 for row in rows)
 
 
-def test_unlabelled_json_has_no_accuracy(digit_scans, tmp_path, capsys):
+def test_unlabelled_reports_have_no_labels(digit_scans, tmp_path, capsys):
     folder = _unlabelled_folder(digit_scans, tmp_path / "scans")
     csv_path = tmp_path / "out.csv"
-    report = grade_json(capsys, tmp_path, "--model", digit_scans.model, folder, "--predictions", csv_path)
+    h5_path = tmp_path / "out.h5"
+    report = grade_json(
+        capsys, tmp_path, "--model", digit_scans.model, folder, "--predictions", csv_path, "--h5", h5_path
+    )
+    with h5py.File(h5_path) as h5:
+        labels = h5["labels"][:]
 
     assert csv_path.is_file()
     assert report["data"]["labelled"] is False
@@ -172,6 +177,8 @@ def test_unlabelled_json_has_no_accuracy(digit_scans, tmp_path, capsys):
     assert report["confusion"] is None
     assert report["per_class"] == []
     assert report["predictions_csv"] == str(csv_path)
+    assert len(labels) == 10
+    assert (labels == -1).all()
 
 
 # Report files.
