@@ -23,7 +23,7 @@ from evaluate.report import Evaluation
 
 def check_output_path(path: Path, flag: str) -> None:
     """Raise InputError when ``path`` cannot be written, before any time is spent grading."""
-    folder = path.parent if str(path.parent) else Path(".")
+    folder = path.parent
     if path.is_dir():
         raise InputError(f"{flag} {path}: is a folder; give a file name")
     if not folder.is_dir():
