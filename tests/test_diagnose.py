@@ -15,10 +15,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from evaluate.datasets import find_idx_files, read_idx
+from evaluate.datasets import DIGIT_CLASSES, find_idx_files, read_idx
+from evaluate.metadata import ModelMetadata
+from evaluate.preprocessing import Recipe, to_canvas
 from train.diagnose import DiagnosisOptions, estimate_transition, main
 
-from conftest import MNIST_DIR, require
+from conftest import MNIST_DIR, build_linear_model, centroid_weights, require
 
 SHIPPED_REFERENCE = Path(__file__).resolve().parents[1] / "artifacts" / "task2_digits.onnx"
 # MNIST train images the data sets are built from; the centroid reference used 0-1999.
@@ -57,7 +59,8 @@ def write_folder(root: Path, images: np.ndarray, labels: np.ndarray) -> Path:
     for index, (image, label) in enumerate(zip(images, labels)):
         folder = root / str(label)
         folder.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(image).save(folder / f"image_{index:06d}.png")
+        # Fast PNG compression: the files are read once, and size does not matter.
+        Image.fromarray(image).save(folder / f"image_{index:06d}.png", compress_level=1)
     return root
 
 
@@ -173,3 +176,21 @@ def test_metadata_confusion_absent_falls_back(corrupted_sets, mnist_model) -> No
     assert result.reference["confusion"]["source"] == "identity"
     assert "val_confusion" in result.reference["confusion"]["reason"]
     assert result.confidence <= 0.5
+
+
+def test_reference_with_other_recipe(corrupted_sets, tmp_path: Path) -> None:
+    # A reference whose input is not MNIST's 28x28 makes diagnose decode DATA a second time.
+    paths = find_idx_files(MNIST_DIR, "train")
+    recipe = Recipe(layout="canvas", size=32, mean=0.1, std=0.3)
+    images, labels = read_idx(paths[0])[:2000], read_idx(paths[1])[:2000].astype(np.int64)
+    canvases = np.stack([to_canvas(image, recipe) for image in images])
+    weights, bias = centroid_weights(canvases, labels, recipe, 10)
+    metadata = ModelMetadata(list(DIGIT_CLASSES), recipe, {"task": "test canvas recipe"})
+    model = build_linear_model(tmp_path / "canvas.onnx", weights, bias, ["N", 1, 32, 32], metadata)
+    options = DiagnosisOptions(mnist_dir=MNIST_DIR, calibration_size=CALIBRATION_IMAGES, workers=1, bootstrap=20)
+
+    result = estimate_transition(corrupted_sets["permutation"], model, options)
+
+    assert result.reference["recipe"] == {"layout": "canvas", "size": 32}
+    assert result.kind == "permutation", result.evidence
+    assert result.mapping == {str(given): str(true) for given, true in enumerate(PERMUTATION_MAPPING)}
