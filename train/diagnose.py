@@ -59,8 +59,10 @@ DEFAULT_CALIBRATION_SIZE = 10000
 DEFAULT_FILE_SAMPLE = 1000
 
 # Sources of the reference's confusion matrix C[true, pred]:
-# - mnist: measured now on a sample of MNIST's train split. It is the same domain as
-#   MNIST-like data, so the reference's errors there are the errors it makes on DATA.
+# - mnist: measured now on a sample of MNIST's train split. When DATA is MNIST-like,
+#   the reference's errors there approximate its errors on DATA, which the estimate
+#   assumes. It is the default because a weak reference's own validation confusion
+#   can differ a lot from its confusion on MNIST.
 # - metadata: the "val_confusion" counts in the model's provenance, measured on the
 #   reference's own validation data, which may be another domain and few images.
 # - identity: no correction, so the reference's own errors count as label noise.

@@ -123,6 +123,7 @@ def _verdict_table(result: DiagnosisResult) -> Table:
     table = Table(title=f"Corruption: {result.kind} (confidence {result.confidence:.2f})", show_header=False)
     table.add_column("what", style="bold")
     table.add_column("value")
+
     if result.mapping is not None:
         pairs = ", ".join(f"{given}->{true}" for given, true in result.mapping.items())
         table.add_row("mapping (given -> true)", pairs)
@@ -139,9 +140,11 @@ def _verdict_table(result: DiagnosisResult) -> Table:
     ]
     for name, value in rows:
         table.add_row(name, value)
+
     if evidence["true_classes_not_judged"]:
         rare = " ".join(result.class_names[index] for index in evidence["true_classes_not_judged"])
         table.add_row("true classes too rare to judge", Text(rare, style="yellow"))
+
     confusion = result.reference["confusion"]
     source = confusion["source"]
     if source == "identity":
@@ -157,6 +160,7 @@ def _statistics_table(result: DiagnosisResult) -> Table:
     table.add_column("statistic")
     table.add_column("DATA", justify="right")
     table.add_column("MNIST train", justify="right")
+
     rows = [
         ("images", "images", "{:d}"),
         ("mean intensity (0-255)", "mean_intensity", "{:.2f}"),
@@ -176,6 +180,7 @@ def _statistics_table(result: DiagnosisResult) -> Table:
         else:
             table.add_row(name, form.format(data[key]), form.format(mnist[key]))
     table.add_row("size", f"{data['width']}x{data['height']}", f"{mnist['width']}x{mnist['height']}")
+
     files = result.image_stats["data_files"]
     described = ", ".join(f"{name} {count}" for name, count in {**files.get("formats", {}), **files.get("sizes", {})}.items())
     if "jpeg_quality_median" in files:
