@@ -2,9 +2,10 @@
 
 Candidates come from a perceptual hash (pHash): the sign pattern of an image's lowest
 8x8 DCT coefficients against their median, as ``imagehash.phash`` computes it (imagehash
-4.3). It is computed here in numpy over whole batches, because calling imagehash per
-image costs about 0.1 ms each, and it skips imagehash's resize to 32x32, which only
-interpolates images as small as MNIST's 28x28. The hashes therefore differ from
+4.3). It is computed here in numpy over whole batches: on 2000 MNIST digits on a
+shared 2-core machine, imagehash took 0.12 ms an image and this version 0.007 ms. It
+skips imagehash's resize to 32x32, which only interpolates images as small as MNIST's
+28x28. The hashes therefore differ from
 imagehash's, but behave the same way: re-encoding an image as JPEG changes few bits.
 
 A 64-bit hash of a 28x28 digit is not unique, since many plain strokes such as "1"s
