@@ -22,7 +22,14 @@ from rich.console import Console
 
 from evaluate.benchmark_pipeline import measure_decode_baseline, run_pipeline
 from evaluate.cli import preprocessing_flags
-from evaluate.benchmark_report import ModelBenchmark, build_report, describe_environment, render_table, write_h5
+from evaluate.benchmark_report import (
+    ModelBenchmark,
+    build_report,
+    describe_environment,
+    load_average,
+    render_table,
+    write_h5,
+)
 from evaluate.benchmark_timing import BenchmarkSettings, RuntimeResult, make_batch, measure_steady_state, time_call_ns
 from evaluate.errors import InputError
 from evaluate.outputs import check_output_path, write_json
@@ -192,6 +199,7 @@ def run_benchmark(args: argparse.Namespace) -> int:
     Returns the exit code (0). Raises InputError, with a one-line message, for bad input.
     """
     settings = settings_from_args(args)
+    load_at_start = load_average()
     measured = [benchmark_model(path, args, settings) for path in args.model]
     models = [item.benchmark for item in measured]
 
@@ -203,7 +211,7 @@ def run_benchmark(args: argparse.Namespace) -> int:
     if measured[0].spec is not None:
         baseline_s = measure_decode_baseline(args.path, measured[0].spec, args.split, args.repeats)
 
-    environment = describe_environment(torch_version)
+    environment = describe_environment(torch_version, load_at_start)
     report = build_report(environment, settings, measured[0].inputs, models, torch_result, agreement, baseline_s)
     render_table(report, Console())
     if args.json is not None:

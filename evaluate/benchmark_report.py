@@ -51,13 +51,19 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine() or "unknown"
 
 
-def describe_environment(torch_version: str | None) -> dict[str, Any]:
-    """Describe the machine and software versions; load averages come from os.getloadavg."""
+def load_average() -> list[float] | None:
+    """Return the 1, 5 and 15 minute load averages, or None where the OS has none."""
+    return list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+
+
+def describe_environment(torch_version: str | None, load_at_start: list[float] | None) -> dict[str, Any]:
+    """Describe the machine, its load before and after the run, and the software versions."""
     return {
         "cpu_model": cpu_model(),
         "cpus_in_affinity": available_cpus(),
         "cpus_on_host": os.cpu_count(),
-        "load_average_1_5_15_min": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "load_average_at_start": load_at_start,
+        "load_average_1_5_15_min": load_average(),
         "onnxruntime_version": ort.__version__,
         "numpy_version": np.__version__,
         "torch_version": torch_version,
@@ -239,8 +245,11 @@ def render_table(report: dict[str, Any], console: Console | None = None) -> None
 
 def environment_caption(benchmark: dict[str, Any]) -> str:
     environment, settings = benchmark["environment"], benchmark["settings"]
-    load = environment["load_average_1_5_15_min"]
-    load_text = "unknown" if load is None else " ".join(f"{value:.2f}" for value in load)
+    load_text = "unknown"
+    if environment["load_average_1_5_15_min"] is not None:
+        start = " ".join(f"{value:.2f}" for value in environment["load_average_at_start"])
+        end = " ".join(f"{value:.2f}" for value in environment["load_average_1_5_15_min"])
+        load_text = f"{start} at start, {end} at end"
     return (
         f"{environment['cpu_model']}, {environment['cpus_in_affinity']} CPUs in affinity, "
         f"load {load_text}; onnxruntime {environment['onnxruntime_version']}, "

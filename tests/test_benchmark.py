@@ -130,6 +130,8 @@ def test_report_has_latency_and_throughput(cnn: Path, tmp_path: Path) -> None:
     for key in ("cpu_model", "onnxruntime_version", "numpy_version", "python_version", "date_utc"):
         assert isinstance(environment[key], str) and environment[key], key
     assert environment["cpus_in_affinity"] >= 1
+    assert len(environment["load_average_at_start"]) == 3
+    assert len(environment["load_average_1_5_15_min"]) == 3
     assert environment["torch_version"] is None
 
     with h5py.File(h5_path, "r") as h5:
