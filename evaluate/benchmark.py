@@ -130,14 +130,20 @@ def check_pool_shape(model: LoadedModel, pool: np.ndarray, shape: tuple[int, ...
 
 @dataclass
 class MeasuredModel:
-    """One measured ONNX model, its open session and the inputs it was measured on."""
+    """One measured ONNX model, the inputs it was measured on, and its logits on some of them.
+
+    The onnxruntime session itself is not kept: PyTorch is measured after it is closed,
+    so that no idle onnxruntime thread pool shares the CPUs with PyTorch's threads.
+    """
 
     benchmark: ModelBenchmark
-    model: LoadedModel
     # The class names and recipe used to grade PATH, or None without PATH.
     spec: ModelSpec | None
     pool: np.ndarray
     inputs: dict[str, Any]
+    # The first AGREEMENT_SAMPLES samples of the pool and the model's logits on them.
+    reference_inputs: np.ndarray
+    reference_logits: np.ndarray
 
 
 def benchmark_model(path: Path, args: argparse.Namespace, settings: BenchmarkSettings) -> MeasuredModel:
@@ -179,7 +185,10 @@ def benchmark_model(path: Path, args: argparse.Namespace, settings: BenchmarkSet
             "graph_optimization_level": model.optimization_level,
         },
     )
-    return MeasuredModel(ModelBenchmark(onnxruntime=result, pipeline=pipeline), model, spec, pool, description)
+    reference_inputs = make_batch(pool, min(len(pool), AGREEMENT_SAMPLES))
+    reference_logits = model.run(reference_inputs)
+    benchmark = ModelBenchmark(onnxruntime=result, pipeline=pipeline)
+    return MeasuredModel(benchmark, spec, pool, description, reference_inputs, reference_logits)
 
 
 def torch_agreement(torch_logits: np.ndarray, onnx_logits: np.ndarray) -> dict[str, Any] | None:
@@ -234,13 +243,11 @@ def benchmark_torch(
 
     agreement = []
     for item in measured:
-        reference = make_batch(item.pool, min(len(item.pool), AGREEMENT_SAMPLES))
-        onnx_logits = item.model.run(reference)
         try:
-            torch_logits = runner.logits(reference)
+            torch_logits = runner.logits(item.reference_inputs)
         except RuntimeError as error:  # torch rejects inputs of another model's shape
-            log.warning("cannot compare %s with %s: %s", checkpoint, item.model.path, error)
+            log.warning("cannot compare %s with %s: %s", checkpoint, item.benchmark.onnxruntime.model_path, error)
             agreement.append(None)
             continue
-        agreement.append(torch_agreement(torch_logits, onnx_logits))
+        agreement.append(torch_agreement(torch_logits, item.reference_logits))
     return result, torch_side.torch_version(), agreement
