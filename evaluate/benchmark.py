@@ -141,7 +141,7 @@ class MeasuredModel:
     spec: ModelSpec | None
     pool: np.ndarray
     inputs: dict[str, Any]
-    # The first AGREEMENT_SAMPLES samples of the pool and the model's logits on them.
+    # The pool's first AGREEMENT_SAMPLES samples (or one fixed-size batch) and the model's logits on them.
     reference_inputs: np.ndarray
     reference_logits: np.ndarray
 
@@ -185,7 +185,9 @@ def benchmark_model(path: Path, args: argparse.Namespace, settings: BenchmarkSet
             "graph_optimization_level": model.optimization_level,
         },
     )
-    reference_inputs = make_batch(pool, min(len(pool), AGREEMENT_SAMPLES))
+    batch_dim = model.input_shape[0] if model.input_shape else None
+    reference_count = batch_dim if isinstance(batch_dim, int) else min(len(pool), AGREEMENT_SAMPLES)
+    reference_inputs = make_batch(pool, reference_count)
     reference_logits = model.run(reference_inputs)
     benchmark = ModelBenchmark(onnxruntime=result, pipeline=pipeline)
     return MeasuredModel(benchmark, spec, pool, description, reference_inputs, reference_logits)
