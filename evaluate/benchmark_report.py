@@ -230,7 +230,7 @@ def render_table(report: dict[str, Any], console: Console | None = None) -> None
     table = Table(title="inkbench benchmark", caption=environment_caption(benchmark))
     table.add_column("measure")
     for header in headers:
-        table.add_column(header, justify="right")
+        table.add_column(header, justify="right", overflow="fold")
 
     def add_row(label: str, cells: list[str]) -> None:
         table.add_row(label, *cells, *([""] * (len(headers) - len(cells))))
@@ -260,7 +260,9 @@ def environment_caption(benchmark: dict[str, Any]) -> str:
 
 
 def add_runtime_rows(add_row: Callable[[str, list[str]], None], columns: list[dict[str, Any]], settings: dict) -> None:
-    add_row("provider", [column.get("provider", "torch eager") for column in columns])
+    # "CPUExecutionProvider" becomes "CPU", so that three model columns fit 80 characters.
+    providers = [column.get("provider", "torch eager").removesuffix("ExecutionProvider") for column in columns]
+    add_row("provider", providers)
     add_row("intra-op threads", [str(column["intra_op_threads"]) for column in columns])
     add_row("graph optimisation", [column.get("graph_optimization_level", "-") for column in columns])
     add_row("session creation / load (ms)", [format_ms(column["load_ms"]) for column in columns])
