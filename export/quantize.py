@@ -142,6 +142,7 @@ def quantization_provenance(
     reduce_range: bool,
     calibrate_method: str,
     seed: int,
+    split: str | None,
 ) -> dict[str, Any]:
     return {
         "method": "static",
@@ -153,6 +154,8 @@ def quantization_provenance(
         "calibration_method": calibrate_method,
         "calibration_images": calibration_images,
         "calibration_source": str(calibration_path),
+        # The MNIST split read from an IDX folder, or None for a folder or zip of images.
+        "calibration_split": split,
         "calibration_seed": seed,
         "float_model": float_path.name,
         "float_model_sha256": file_sha256(float_path),
@@ -252,7 +255,14 @@ def quantize_model(
     batch_size = batch_dim.dim_value if batch_dim.HasField("dim_value") else CALIBRATION_BATCH
     reader = ArrayCalibrationReader(input_name, calibration_inputs, batch_size)
     quantization = quantization_provenance(
-        float_path, calibration_path, len(calibration_inputs), per_channel, reduce_range, calibrate_method, seed
+        float_path,
+        calibration_path,
+        len(calibration_inputs),
+        per_channel,
+        reduce_range,
+        calibrate_method,
+        seed,
+        split if image_set.kind == "idx" else None,
     )
     agreement, float_top1, int8_top1 = None, None, None
     with tempfile.TemporaryDirectory(prefix="inkbench-int8-") as folder:
