@@ -24,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--data",
         help="images for the parity check (default: the training data path stored in the checkpoint)",
     )
+    parser.add_argument("--ship", type=Path, metavar="PT", help="also write a copy of the checkpoint without optimizer state here, and a model card OUT.card.json")
     parser.add_argument("--int8", action="store_true", help="also write an int8 model calibrated on --calibration images, next to OUT as *.int8.onnx")
     parser.add_argument("--calibration", help="folder, zip or MNIST folder of training images to calibrate int8 quantisation on")
     return parser
@@ -34,13 +35,17 @@ def main(argv: list[str] | None = None) -> int:
     console = Console(stderr=True)
     logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[RichHandler(console=console, show_path=False, show_time=False)])
     try:
-        from export.onnx_export import PARITY_TOLERANCE, export_checkpoint
+        from export.onnx_export import PARITY_TOLERANCE, export_checkpoint, write_model_card, write_slim_checkpoint
 
         result = export_checkpoint(args.checkpoint, args.out, args.data)
         worst = max(result.max_abs_diff.values())
         per_batch = ", ".join(f"batch {b}: {d:.2e}" for b, d in result.max_abs_diff.items())
         console.print(f"parity on {result.parity_source}: max |logit difference| {worst:.2e} ({per_batch}); tolerance {PARITY_TOLERANCE:.0e}")
         console.print(f"wrote {result.path} ({len(result.metadata.class_names)} classes, input 1x{result.metadata.recipe.size}x{result.metadata.recipe.size})")
+        if args.ship:
+            write_slim_checkpoint(args.checkpoint, args.ship)
+            card = write_model_card(args.checkpoint, result)
+            console.print(f"wrote {args.ship} and {card}")
         if args.int8:
             from export.quantize import quantize_model
 

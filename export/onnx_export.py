@@ -9,6 +9,7 @@ batches of 1, 7 and 64 real images. Export fails when the logits differ by more 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import os
 import tempfile
@@ -26,7 +27,7 @@ from evaluate.decoding import decode_indices
 from evaluate.errors import InputError
 from evaluate.metadata import ModelMetadata
 from evaluate.preprocessing import Recipe, normalize
-from train.checkpoints import load_checkpoint, model_from_state
+from train.checkpoints import load_checkpoint, model_from_state, save_atomic
 
 log = logging.getLogger(__name__)
 
@@ -153,3 +154,42 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, data: str | None 
             )
         _write_atomic(proto, out)
     return ExportResult(out, differences, source, metadata)
+
+
+def write_model_card(checkpoint: str | Path, result: ExportResult) -> Path:
+    """Write ``<model>.card.json`` beside the ONNX file: what the model is and how it was made."""
+    state = load_checkpoint(checkpoint)
+    info = result.metadata.provenance
+    card = {
+        "model": result.path.name,
+        "task": state.get("task"),
+        "classes": result.metadata.class_names,
+        "input": [1, result.metadata.recipe.size, result.metadata.recipe.size],
+        "recipe": json.loads(result.metadata.recipe.to_json()),
+        "val_top1": info.get("val_top1"),
+        "val_images": len(state.get("split", {}).get("validation_members", [])) or None,
+        "seed": state.get("seed"),
+        "epochs": state.get("epoch"),
+        "init": state.get("init"),
+        "command": state.get("command"),
+        "training_data": state.get("data", {}).get("path"),
+        "training_data_sha256": info.get("training_data_sha256"),
+        "parity_max_abs_diff": max(result.max_abs_diff.values()),
+        "torch_version": info.get("torch_version"),
+        "onnx_version": info.get("onnx_version"),
+        "exported_at": info.get("exported_at"),
+    }
+    path = result.path.with_suffix(".card.json")
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(handle, "w") as file:
+        json.dump(card, file, indent=2)
+    os.replace(temporary, path)
+    return path
+
+
+def write_slim_checkpoint(checkpoint: str | Path, out: str | Path) -> None:
+    """Copy a checkpoint without optimizer and scheduler state: half the size, enough to run or fine-tune."""
+    state = load_checkpoint(checkpoint)
+    for key in ("optimizer", "scheduler"):
+        state.pop(key, None)
+    save_atomic(state, out)

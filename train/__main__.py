@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shlex
 import sys
 from pathlib import Path
 
@@ -42,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     _add_scan_task(subparsers, "task1", "train the 62-class character CNN from scratch on the scans", epochs=60)
-    _add_scan_task(subparsers, "task2-pretrain", "train the digit CNN on the scans of 0-9 only, laid out like MNIST", epochs=60)
+    _add_scan_task(subparsers, "task2-pretrain", "train the digit CNN on the scans of 0-9 only, laid out like MNIST", epochs=40)
 
     split = subparsers.add_parser("export-split", help="copy a run's validation images into class folders, for the evaluator")
     split.add_argument("checkpoint", type=Path, help="a last.pt or best.pt of a task1 or task2-pretrain run")
@@ -101,6 +102,8 @@ def run(args: argparse.Namespace, console: Console) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # Recorded in checkpoints and model cards, so a shipped model says how it was made.
+    args.command_line = "python -m train " + shlex.join(sys.argv[1:] if argv is None else argv)
     console = Console(stderr=True)
     _configure_logging(args.verbose, console)
     try:

@@ -168,6 +168,7 @@ class Trainer:
         self.history = History()
         self.epoch = 0
         self.best_top1 = -1.0
+        self.best_val_loss = float("inf")
         self.train_seconds = 0.0
         self.val_confusion: np.ndarray | None = None
         self.loss = spec.loss or (lambda logits, y: F.cross_entropy(logits, y, label_smoothing=config.label_smoothing))
@@ -187,6 +188,7 @@ class Trainer:
             "train_config": self.config.to_dict(),
             "history": self.history.to_dict(),
             "best_top1": self.best_top1,
+            "best_val_loss": self.best_val_loss,
             "train_seconds": self.train_seconds,
             # Counts [true, predicted] on the validation set; a reference model for label
             # noise diagnosis corrects its estimate with it.
@@ -202,6 +204,7 @@ class Trainer:
         self.history = History.from_dict(state["history"])
         self.epoch = int(state["epoch"])
         self.best_top1 = float(state.get("best_top1", -1.0))
+        self.best_val_loss = float(state.get("best_val_loss", float("inf")))
         self.train_seconds = float(state.get("train_seconds", 0.0))
         log.info("resumed %s at epoch %d of %d", self.spec.out_dir, self.epoch, self.config.epochs)
 
@@ -275,14 +278,24 @@ class Trainer:
                 record.update(self._validate())
                 record["seconds"] = time.perf_counter() - epoch_started
                 self.history.add_epoch(epoch=self.epoch, **record)
-                # Without a validation set the newest weights are the best we can tell.
-                val_top1 = record.get("val_top1")
-                is_best = val_top1 is None or val_top1 > self.best_top1
-                if val_top1 is not None and is_best:
-                    self.best_top1 = val_top1
+                is_best = self._is_best(record)
                 self._save(is_best)
                 self._log_epoch(record)
         return self.history
+
+    def _is_best(self, record: dict[str, float]) -> bool:
+        """Rank by validation top-1, then by validation loss.
+
+        Small validation sets often tie on top-1, and the lower loss then picks the
+        better-trained weights. Without a validation set the newest weights are best.
+        """
+        if "val_top1" not in record:
+            return True
+        key = (record["val_top1"], -record["val_loss"])
+        if key > (self.best_top1, -self.best_val_loss):
+            self.best_top1, self.best_val_loss = key[0], record["val_loss"]
+            return True
+        return False
 
     def _validate(self) -> dict[str, float]:
         if self.spec.validation is None:

@@ -43,11 +43,13 @@ def convergence_steps(steps_per_epoch: int, epochs: int) -> list[int]:
     """Return the steps at which a run evaluates on the test split.
 
     Every 25 steps through the first epoch, where the arms differ most, then every
-    quarter epoch, and always the final step.
+    quarter epoch, and always the final step. Runs on few images have short epochs;
+    there the spacing widens so that no run is evaluated more than about 60 times,
+    each evaluation being a pass over the 10000 test images.
     """
     total = steps_per_epoch * epochs
     first = list(range(0, min(steps_per_epoch, total) + 1, 25))
-    later = list(range(steps_per_epoch, total + 1, max(1, steps_per_epoch // 4)))
+    later = list(range(steps_per_epoch, total + 1, max(1, steps_per_epoch // 4, total // 40)))
     return sorted(set(first + later + [total]))
 
 
@@ -82,11 +84,12 @@ def run_mnist_arm(
     extra_state: dict[str, Any] | None = None,
     lr: float = 0.05,
     batch_size: int = BATCH_SIZE,
+    min_steps: int = MIN_STEPS,
 ) -> dict[str, Any]:
     """Train one arm and return its record: seed, curves, per-epoch history, final metrics."""
     batch_size = min(batch_size, len(train))
     steps_per_epoch = max(1, len(train) // batch_size)
-    epochs = max(epochs, math.ceil(MIN_STEPS / steps_per_epoch)) if len(train) < 10_000 else epochs
+    epochs = max(epochs, math.ceil(min_steps / steps_per_epoch)) if len(train) < 10_000 else epochs
     model, init_state = initial_model(init, seed, digits_checkpoint)
     config = TrainConfig(
         epochs=epochs,
@@ -193,6 +196,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
         console=console,
         lr=args.lr,
         batch_size=args.batch_size,
+        extra_state={"task": "task2", "command": getattr(args, "command_line", None)},
     )
     final = record["final"]
     console.print(f"task2 {args.init} seed {args.seed}: MNIST test top-1 {final['test_top1']:.2%}, loss {final['test_loss']:.4f}")

@@ -72,6 +72,7 @@ def run_scan_task(task: str, args: argparse.Namespace, console: Console) -> Path
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed, augment=augment)
     extra: dict[str, Any] = {
         "task": task,
+        "command": getattr(args, "command_line", None),
         "data": {"path": str(Path(args.data).resolve()), "sha256": canvas_set.source_sha256, "skipped": canvas_set.skipped},
         "split": {
             "seed": args.seed,

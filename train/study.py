@@ -26,7 +26,7 @@ from evaluate.decoding import available_cpus
 from train.checkpoints import load_checkpoint, model_from_state
 from train.loop import LabelledArrays, evaluate_arrays
 from train.mnist_data import load_mnist, subset
-from train.mnist_tasks import DEFAULT_DIGITS, DEFAULT_MNIST, run_mnist_arm
+from train.mnist_tasks import DEFAULT_DIGITS, DEFAULT_MNIST, MIN_STEPS, run_mnist_arm
 from evaluate.preprocessing import MNIST_RECIPE
 
 log = logging.getLogger(__name__)
@@ -41,6 +41,8 @@ def add_arguments(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--epochs", type=int, default=6, help="epochs of each full-data run (default 6)")
     parser.add_argument("--sizes", default="100,1000", help="comma-separated small training-set sizes also compared (default 100,1000; empty for none)")
     parser.add_argument("--full-size", type=int, default=None, help="training images of the 'full' runs (default: all 60000)")
+    parser.add_argument("--test-size", type=int, default=None, help="evaluate on only the first N MNIST test images, for quick trials (default: all 10000)")
+    parser.add_argument("--min-steps", type=int, default=MIN_STEPS, help=f"fewest training steps of a small-set run (default {MIN_STEPS})")
     parser.add_argument("--mnist", default=DEFAULT_MNIST, help=f"folder with MNIST's IDX files (default {DEFAULT_MNIST})")
     parser.add_argument("--digits", default=DEFAULT_DIGITS, help=f"checkpoint of the digits network (default {DEFAULT_DIGITS})")
     parser.add_argument("--runs-dir", default="runs/study_task2", help="folder of the per-run folders (default runs/study_task2)")
@@ -86,6 +88,8 @@ def run(args: argparse.Namespace, console: Console) -> int:
     started = time.perf_counter()
     full_train = load_mnist(args.mnist, "train")
     test = load_mnist(args.mnist, "test")
+    if args.test_size:
+        test = LabelledArrays(test.canvases[: args.test_size], test.labels[: args.test_size])
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
     runs_dir = Path(args.runs_dir)
 
@@ -99,7 +103,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
                 console.print(f"[bold]study run {name}[/bold] ({len(train)} training images)")
                 record = _run_or_load(
                     runs_dir / name, console, init=arm, seed=seed, train=train, test=test,
-                    epochs=args.epochs, digits_checkpoint=args.digits,
+                    epochs=args.epochs, digits_checkpoint=args.digits, min_steps=args.min_steps,
                 )
                 target = results["arms"] if label is None else results["low_data"].setdefault(str(label), {a: {"runs": []} for a in ARMS})
                 target[arm]["runs"].append(record)
@@ -109,6 +113,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
         "epochs": args.epochs,
         "seeds": args.seeds,
         "sizes": sizes,
+        "test_images": len(test),
         "digits_checkpoint": args.digits,
         "cpu": _cpu_model(),
         "cpus_available": available_cpus(),

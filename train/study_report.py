@@ -190,7 +190,7 @@ def write_report(results: dict[str, Any], path: Path) -> None:
         f"weights: random, or the network trained on the 400 digit scans of trainPart1 (`{setup['digits_checkpoint']}`).",
         "",
         f"Evidence: {setup['seeds']} seeds per arm, {setup['epochs']} epochs ({runs[0]['steps']} steps) on all "
-        f"{runs[0]['train_size']} MNIST training images; test figures on the 10000 MNIST test images. Hardware: "
+        f"{runs[0]['train_size']} MNIST training images; test figures on {setup.get('test_images', 10000)} MNIST test images. Hardware: "
         f"{setup['cpu']}, {setup['cpus_available']} CPUs, torch {setup['torch']}. Training time of all runs: "
         f"{setup['train_seconds_total'] / 60:.1f} min (excluding evaluation); wall time of the study command that wrote this: "
         f"{setup['wall_seconds'] / 60:.1f} min.",
@@ -200,7 +200,7 @@ def write_report(results: dict[str, Any], path: Path) -> None:
         "",
         "## Conclusions",
         "",
-        "- " + _conclusion(rows, "All 60000 images"),
+        "- " + _conclusion(rows, f"All {runs[0]['train_size']} training images"),
     ]
     for size, group in sorted(results["low_data"].items(), key=lambda item: int(item[0])):
         lines.append("- " + _conclusion(compare_arms(group), f"{size} images"))
