@@ -38,7 +38,7 @@ def add_arguments(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("study", help="compare pretrained and random initialisation on MNIST over seeds")
     parser.add_argument("study", choices=("task2",), help="the study to run")
     parser.add_argument("--seeds", type=int, default=3, help="seeds per arm, 0 to N-1 (default 3)")
-    parser.add_argument("--epochs", type=int, default=6, help="epochs of each full-data run (default 6)")
+    parser.add_argument("--epochs", type=int, default=3, help="epochs of each full-data run (default 3)")
     parser.add_argument("--sizes", default="100,1000", help="comma-separated small training-set sizes also compared (default 100,1000; empty for none)")
     parser.add_argument("--full-size", type=int, default=None, help="training images of the 'full' runs (default: all 60000)")
     parser.add_argument("--test-size", type=int, default=None, help="evaluate on only the first N MNIST test images, for quick trials (default: all 10000)")
