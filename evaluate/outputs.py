@@ -7,16 +7,15 @@ run leaves any earlier file in place.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 
+from evaluate.atomic import atomic_path
 from evaluate.errors import InputError
 from evaluate.report import Evaluation
 
@@ -30,24 +29,6 @@ def check_output_path(path: Path, flag: str) -> None:
         raise InputError(f"{flag} {path}: folder {folder} does not exist; create it or choose another path")
     if not os.access(folder, os.W_OK):
         raise InputError(f"{flag} {path}: folder {folder} is not writable; choose another path")
-
-
-@contextlib.contextmanager
-def atomic_path(target: Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``target`` and move it onto ``target`` if the block succeeds."""
-    handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(handle)
-    try:
-        yield Path(temporary)
-        # mkstemp creates the file as 0600; give it the permissions open() would have.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temporary, 0o666 & ~umask)
-        os.replace(temporary, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
-        raise
 
 
 def write_json(path: Path, report: dict[str, Any]) -> None:

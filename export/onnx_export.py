@@ -11,7 +11,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ import onnx
 import onnxruntime as ort
 import torch
 
+from evaluate.atomic import atomic_path
 from evaluate.datasets import open_image_set
 from evaluate.decoding import decode_indices
 from evaluate.errors import InputError
@@ -115,14 +115,8 @@ def _check_parity(model: torch.nn.Module, path: Path, inputs: np.ndarray) -> dic
 
 def _write_atomic(model_proto: onnx.ModelProto, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        onnx.save(model_proto, temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as temporary:
+        onnx.save(model_proto, str(temporary))
 
 
 def export_checkpoint(checkpoint: str | Path, out: str | Path, data: str | None = None) -> ExportResult:
@@ -180,10 +174,8 @@ def write_model_card(checkpoint: str | Path, result: ExportResult) -> Path:
         "exported_at": info.get("exported_at"),
     }
     path = result.path.with_suffix(".card.json")
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(handle, "w") as file:
+    with atomic_path(path) as temporary, open(temporary, "w") as file:
         json.dump(card, file, indent=2)
-    os.replace(temporary, path)
     return path
 
 

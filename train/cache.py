@@ -10,13 +10,13 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
 import numpy as np
 
+from evaluate.atomic import atomic_path
 from evaluate.datasets import ImageSet, open_image_set, source_digest
 from evaluate.decoding import decode_all
 from evaluate.errors import InputError
@@ -69,19 +69,12 @@ def _read_cache(path: Path, digest: str, recipe: Recipe) -> tuple[np.ndarray, np
 
 def _write_cache(path: Path, digest: str, recipe: Recipe, canvases: np.ndarray, labels: np.ndarray, members: list[str]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        with h5py.File(temporary, "w") as file:
-            file.create_dataset("canvases", data=canvases, compression="gzip", compression_opts=1)
-            file.create_dataset("labels", data=labels)
-            file.create_dataset("members", data=np.array(members, dtype=object), dtype=h5py.string_dtype())
-            file.attrs["source_sha256"] = digest
-            file.attrs["recipe"] = recipe.to_json()
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as temporary, h5py.File(temporary, "w") as file:
+        file.create_dataset("canvases", data=canvases, compression="gzip", compression_opts=1)
+        file.create_dataset("labels", data=labels)
+        file.create_dataset("members", data=np.array(members, dtype=object), dtype=h5py.string_dtype())
+        file.attrs["source_sha256"] = digest
+        file.attrs["recipe"] = recipe.to_json()
 
 
 def load_canvases(path: str | Path, recipe: Recipe, split: str = "train", workers: int | None = None) -> CanvasSet:

@@ -10,12 +10,12 @@ the model without this repository's training code, and to resume training exactl
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from evaluate.atomic import atomic_path
 from evaluate.errors import InputError
 from evaluate.preprocessing import Recipe
 from train.models import InkNet, ModelConfig, build_model
@@ -29,16 +29,10 @@ def save_atomic(state: dict[str, Any], path: str | Path) -> None:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            torch.save(state, file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as temporary, open(temporary, "wb") as file:
+        torch.save(state, file)
+        file.flush()
+        os.fsync(file.fileno())
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

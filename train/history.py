@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,17 +36,10 @@ class History:
         """Write the history to HDF5 groups ``epochs`` and ``curve``, atomically."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(handle)
-        try:
-            with h5py.File(temporary, "w") as file:
-                for group_name, records in (("epochs", self.epochs), ("curve", self.curve)):
-                    group = file.create_group(group_name)
-                    for key, values in records.items():
-                        group.create_dataset(key, data=np.asarray(values, dtype=np.float64))
-                for key, value in (attributes or {}).items():
-                    file.attrs[key] = value
-            os.replace(temporary, path)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
+        with atomic_path(path) as temporary, h5py.File(temporary, "w") as file:
+            for group_name, records in (("epochs", self.epochs), ("curve", self.curve)):
+                group = file.create_group(group_name)
+                for key, values in records.items():
+                    group.create_dataset(key, data=np.asarray(values, dtype=np.float64))
+            for key, value in (attributes or {}).items():
+                file.attrs[key] = value

@@ -10,9 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import platform
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -22,6 +20,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from evaluate.atomic import atomic_path
 from evaluate.decoding import available_cpus
 from train.checkpoints import load_checkpoint, model_from_state
 from train.loop import LabelledArrays, evaluate_arrays
@@ -52,10 +51,8 @@ def add_arguments(subparsers: argparse._SubParsersAction) -> None:
 
 def _write_json_atomic(values: Any, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(handle, "w") as file:
+    with atomic_path(path) as temporary, open(temporary, "w") as file:
         json.dump(values, file, indent=1)
-    os.replace(temporary, path)
 
 
 def _cpu_model() -> str:
