@@ -8,6 +8,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from evaluate.atomic import atomic_path
+
 
 @dataclass
 class History:
