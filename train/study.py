@@ -25,7 +25,7 @@ from evaluate.decoding import available_cpus
 from train.checkpoints import load_checkpoint, model_from_state
 from train.loop import LabelledArrays, evaluate_arrays
 from train.mnist_data import load_mnist, subset
-from train.mnist_tasks import DEFAULT_DIGITS, DEFAULT_MNIST, MIN_STEPS, run_mnist_arm
+from train.mnist_tasks import BATCH_SIZE, DEFAULT_DIGITS, DEFAULT_MNIST, MIN_STEPS, run_mnist_arm
 from evaluate.preprocessing import MNIST_RECIPE
 
 log = logging.getLogger(__name__)
@@ -33,20 +33,37 @@ log = logging.getLogger(__name__)
 ARMS = ("pretrained", "scratch")
 
 
+STUDY_DEFAULTS = {
+    "task2": {"runs_dir": "runs/study_task2", "json": "artifacts/task2_study.json", "report": "artifacts/task2_report.md", "epochs": 3},
+    "task3": {"runs_dir": "runs/study_task3", "json": "artifacts/task3_study.json", "report": "artifacts/task3_report.md", "epochs": 2},
+}
+
+
 def add_arguments(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("study", help="compare pretrained and random initialisation on MNIST over seeds")
-    parser.add_argument("study", choices=("task2",), help="the study to run")
+    parser = subparsers.add_parser("study", help="run a task's comparison over seeds and write its JSON and report")
+    parser.add_argument("study", choices=tuple(STUDY_DEFAULTS), help="task2: pretrained vs scratch on MNIST; task3: naive vs corrected on noisy labels")
     parser.add_argument("--seeds", type=int, default=3, help="seeds per arm, 0 to N-1 (default 3)")
-    parser.add_argument("--epochs", type=int, default=3, help="epochs of each full-data run (default 3)")
-    parser.add_argument("--sizes", default="100,1000", help="comma-separated small training-set sizes also compared (default 100,1000; empty for none)")
-    parser.add_argument("--full-size", type=int, default=None, help="training images of the 'full' runs (default: all 60000)")
-    parser.add_argument("--test-size", type=int, default=None, help="evaluate on only the first N MNIST test images, for quick trials (default: all 10000)")
-    parser.add_argument("--min-steps", type=int, default=MIN_STEPS, help=f"fewest training steps of a small-set run (default {MIN_STEPS})")
+    parser.add_argument("--epochs", type=int, default=None, help="epochs of each run over all training images (default 3 for task2, 2 for task3)")
+    parser.add_argument("--runs-dir", default=None, help="folder of the per-run folders (default runs/study_<task>)")
+    parser.add_argument("--json", default=None, help="study results to write (default artifacts/<task>_study.json)")
+    parser.add_argument("--report", default=None, help="markdown report to write, with plots in a plots/ folder beside it (default artifacts/<task>_report.md)")
     parser.add_argument("--mnist", default=DEFAULT_MNIST, help=f"folder with MNIST's IDX files (default {DEFAULT_MNIST})")
     parser.add_argument("--digits", default=DEFAULT_DIGITS, help=f"checkpoint of the digits network (default {DEFAULT_DIGITS})")
-    parser.add_argument("--runs-dir", default="runs/study_task2", help="folder of the per-run folders (default runs/study_task2)")
-    parser.add_argument("--json", default="artifacts/task2_study.json", help="study results to write (default artifacts/task2_study.json)")
-    parser.add_argument("--report", default="artifacts/task2_report.md", help="markdown report to write, with plots in a plots/ folder beside it (default artifacts/task2_report.md)")
+    parser.add_argument("--test-size", type=int, default=None, help="task2: evaluate on only the first N MNIST test images, for quick trials (default: all 10000)")
+    parser.add_argument("--sizes", default="100,1000", help="task2: comma-separated small training-set sizes also compared (default 100,1000; empty for none)")
+    parser.add_argument("--full-size", type=int, default=None, help="task2: training images of the 'full' runs (default: all 60000)")
+    parser.add_argument("--min-steps", type=int, default=MIN_STEPS, help=f"task2: fewest training steps of a small-set run (default {MIN_STEPS})")
+    parser.add_argument("--other-seeds", type=int, default=1, help="task3: seeds of the naive runs and of corrected training from scratch; corrected training from the digits network gets --seeds (default 1)")
+    parser.add_argument("--data", default="../shared/data/mnistTask3.zip", help="task3: the noisy digit set (default ../shared/data/mnistTask3.zip)")
+    parser.add_argument("--diagnosis", default="artifacts/task3_diagnosis.json", help="task3: diagnosis JSON to describe the data set in the report, and to take T from (default artifacts/task3_diagnosis.json)")
+    parser.add_argument("--reference", default="artifacts/task2_digits.onnx", help="task3: reference model when no diagnosis JSON exists (default artifacts/task2_digits.onnx)")
+    parser.add_argument("--workers", type=int, default=None, help="processes that decode images (default: CPUs available to this process)")
+
+
+def _apply_defaults(args: argparse.Namespace) -> None:
+    for key, value in STUDY_DEFAULTS[args.study].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
 
 
 def _write_json_atomic(values: Any, path: Path) -> None:
@@ -82,6 +99,14 @@ def _run_or_load(run_dir: Path, console: Console, **arm: Any) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace, console: Console) -> int:
+    _apply_defaults(args)
+    if args.study == "task3":
+        from train import task3_study
+
+        # The corrected runs take kind and T from the diagnosis JSON when there is one.
+        args.transition = args.diagnosis if Path(args.diagnosis).exists() else None
+        args.lr, args.batch_size = 0.05, BATCH_SIZE
+        return task3_study.run(args, console)
     started = time.perf_counter()
     full_train = load_mnist(args.mnist, "train")
     test = load_mnist(args.mnist, "test")
