@@ -9,6 +9,7 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 
 from evaluate.errors import InputError
 
@@ -55,10 +56,11 @@ def main(argv: list[str] | None = None) -> int:
             quantize_model(args.out, int8_path, args.calibration)
             console.print(f"wrote {int8_path}")
     except InputError as error:
-        console.print(f"[red]error:[/red] {error}", highlight=False)
+        # Escaped, because paths may contain brackets; soft_wrap keeps the message on one line.
+        console.print(f"[red]error:[/red] {escape(str(error))}", highlight=False, soft_wrap=True)
         return InputError.exit_code
     except RuntimeError as error:
-        console.print(f"[red]export failed:[/red] {error}", highlight=False)
+        console.print(f"[red]export failed:[/red] {escape(str(error))}", highlight=False, soft_wrap=True)
         return 1
     return 0
 

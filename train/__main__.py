@@ -14,6 +14,7 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 
 from evaluate.errors import InputError
 
@@ -109,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return run(args, console)
     except InputError as error:
-        console.print(f"[red]error:[/red] {error}", highlight=False)
+        # Escaped, because paths may contain brackets; soft_wrap keeps the message on one line.
+        console.print(f"[red]error:[/red] {escape(str(error))}", highlight=False, soft_wrap=True)
         return InputError.exit_code
     except KeyboardInterrupt:
         console.print("interrupted; the last finished epoch is in last.pt, continue with --resume")
