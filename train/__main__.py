@@ -103,7 +103,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    # Recorded in checkpoints and model cards, so a shipped model says how it was made.
+    # Stored in checkpoints and model cards, so a shipped model records the command that made it.
     args.command_line = "python -m train " + shlex.join(sys.argv[1:] if argv is None else argv)
     console = Console(stderr=True)
     _configure_logging(args.verbose, console)

@@ -1,8 +1,8 @@
 """Batched random affine augmentation for handwriting, on the CPU.
 
 Each sample in a batch gets its own rotation, scale, shear and translation, applied in
-one ``grid_sample`` call; torchvision's transforms draw one set of parameters per call,
-so per-sample augmentation through them would loop in Python. Flips are left out on
+one ``grid_sample`` call. torchvision's transforms draw one set of parameters per call,
+so per-sample augmentation through them would need a Python loop. Flips are left out on
 purpose: a mirrored "b" is a "d".
 """
 

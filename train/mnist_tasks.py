@@ -34,8 +34,8 @@ DEFAULT_MNIST = "../shared/data/mnist"
 DEFAULT_DIGITS = "artifacts/task2_digits.pt"
 MNIST_AUGMENT = AffineRange(degrees=10.0, scale=(0.9, 1.1), shear_degrees=10.0, translate=0.08)
 BATCH_SIZE = 128
-# Low-data runs take at least this many steps, so that a 100-image run trains for more
-# than one step an epoch's worth of times.
+# Runs on fewer than 10000 images take at least this many steps: an epoch of 100
+# images is a single step, so counting epochs would leave such runs untrained.
 MIN_STEPS = 300
 
 
