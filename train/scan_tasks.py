@@ -65,7 +65,10 @@ def run_scan_task(task: str, args: argparse.Namespace, console: Console) -> Path
 
     canvas_set = load_canvases(args.data, recipe, workers=args.workers)
     data, members = select_classes(canvas_set, class_names)
-    train_index, val_index = stratified_split(data.labels, args.val_per_class, args.seed)
+    try:
+        train_index, val_index = stratified_split(data.labels, args.val_per_class, args.seed)
+    except ValueError as error:
+        raise InputError(f"{args.data}: {error}") from error
 
     torch.manual_seed(args.seed)
     model = build_model(model_config)
