@@ -200,7 +200,16 @@ class Trainer:
         """Continue from a ``last.pt`` state dict."""
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        schedule = dict(state["scheduler"])
+        planned = self.scheduler.state_dict()
+        if schedule["total_steps"] != planned["total_steps"]:
+            # --epochs changed since the checkpoint. OneCycleLR raises once it steps past
+            # total_steps, so continue at the step reached on the cycle planned for the new
+            # length. NOTE: the learning rate then jumps from the old cycle's end to the
+            # new cycle's value at that step.
+            schedule["total_steps"] = planned["total_steps"]
+            schedule["_schedule_phases"] = planned["_schedule_phases"]
+        self.scheduler.load_state_dict(schedule)
         self.history = History.from_dict(state["history"])
         self.epoch = int(state["epoch"])
         self.best_top1 = float(state.get("best_top1", -1.0))
