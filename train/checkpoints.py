@@ -10,6 +10,7 @@ the model without this repository's training code, and to resume training exactl
 from __future__ import annotations
 
 import os
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,12 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         # Checkpoints hold plain containers, tensors and strings, so the safe loader suffices.
         state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        # torch explains this over many lines, which would break the one-line error.
+        raise InputError(
+            f"{path}: not a readable checkpoint (torch.load with weights_only=True rejected it: not a pickle, "
+            "or one holding objects other than tensors and plain containers); pass a file written by 'python -m train'"
+        ) from error
     except Exception as error:  # torch raises several types for damaged or foreign files
         raise InputError(f"{path}: not a readable checkpoint ({type(error).__name__}: {error}); retrain or check the path") from error
     if not isinstance(state, dict) or "model" not in state or "model_config" not in state:
