@@ -179,3 +179,69 @@ def mnist_model(mnist_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Mn
 def make_model():
     """Return build_linear_model, for tests that need a model of their own shape or metadata."""
     return build_linear_model
+
+
+# Training-side fixtures: small subsets of trainPart1.zip and short runs on them, built
+# once per session because decoding the 1200x900 scans dominates their cost.
+
+TASK1_IMAGES_PER_CLASS = 3
+DIGIT_IMAGES_PER_CLASS = 4
+
+
+def write_scan_subset(target: Path, class_numbers: range, per_class: int) -> Path:
+    """Copy the first ``per_class`` scans of each SampleNNN class into a new zip."""
+    with zipfile.ZipFile(require(TRAIN_ZIP)) as archive, zipfile.ZipFile(target, "w") as subset:
+        names = sorted(name for name in archive.namelist() if name.endswith(".png"))
+        for number in class_numbers:
+            folder = f"train/Sample{number:03d}/"
+            for member in [name for name in names if name.startswith(folder)][:per_class]:
+                subset.writestr(member, archive.read(member))
+    return target
+
+
+@pytest.fixture(scope="session")
+def scan_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A canvas cache folder shared by the tests that train on the scan subsets."""
+    return tmp_path_factory.mktemp("canvas-cache")
+
+
+@pytest.fixture(scope="session")
+def task1_zip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """All 62 classes of trainPart1.zip, 3 scans each."""
+    return write_scan_subset(tmp_path_factory.mktemp("task1") / "task1.zip", range(1, 63), TASK1_IMAGES_PER_CLASS)
+
+
+@pytest.fixture(scope="session")
+def digits_zip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The ten digit classes of trainPart1.zip, 4 scans each."""
+    return write_scan_subset(tmp_path_factory.mktemp("digit-scans") / "digits.zip", range(1, 11), DIGIT_IMAGES_PER_CLASS)
+
+
+def train_cli(task: str, data: Path, out: Path, *options: str) -> int:
+    """Run ``python -m train TASK`` in-process on one worker, with one validation image a class."""
+    from train.__main__ import main as train_main
+
+    argv = [task, "--data", str(data), "--out", str(out), "--val-per-class", "1", "--workers", "1", *options]
+    return train_main(argv)
+
+
+@pytest.fixture(scope="session")
+def task1_run(task1_zip: Path, scan_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Run folder of a one-epoch task1 run on ``task1_zip``; treat it as read-only."""
+    out = tmp_path_factory.mktemp("task1-run") / "run"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("INKBENCH_CACHE", str(scan_cache))
+        code = train_cli("task1", task1_zip, out, "--epochs", "1")
+    assert code == 0, "the task1 fixture run failed; run tests/test_training.py for the cause"
+    return out
+
+
+@pytest.fixture(scope="session")
+def digits_run(digits_zip: Path, scan_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Run folder of a one-epoch task2-pretrain run on ``digits_zip``; treat it as read-only."""
+    out = tmp_path_factory.mktemp("digits-run") / "run"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("INKBENCH_CACHE", str(scan_cache))
+        code = train_cli("task2-pretrain", digits_zip, out, "--epochs", "1", "--batch-size", "8")
+    assert code == 0, "the task2-pretrain fixture run failed; run tests/test_training.py for the cause"
+    return out
