@@ -217,6 +217,12 @@ def digits_zip(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_scan_subset(tmp_path_factory.mktemp("digit-scans") / "digits.zip", range(1, 11), DIGIT_IMAGES_PER_CLASS)
 
 
+def idx_bytes(array: np.ndarray) -> bytes:
+    """Encode a uint8 array in the IDX format: magic 0x0000 08 NDIM, big-endian sizes, data."""
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(n).to_bytes(4, "big") for n in array.shape)
+    return header + np.ascontiguousarray(array, dtype=np.uint8).tobytes()
+
+
 def train_cli(task: str, data: Path, out: Path, *options: str) -> int:
     """Run ``python -m train TASK`` in-process on one worker, with one validation image a class."""
     from train.__main__ import main as train_main

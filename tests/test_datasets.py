@@ -23,7 +23,7 @@ from train.cache import load_canvases
 from train.loop import LabelledArrays
 from train.mnist_data import load_mnist, mnist_folder, subset
 
-from conftest import MNIST_DIR, require
+from conftest import MNIST_DIR, idx_bytes, require
 
 IDX_IMAGES = 50
 
@@ -39,12 +39,6 @@ def mnist_subset() -> tuple[np.ndarray, np.ndarray]:
     if paths is None:
         pytest.skip(f"{MNIST_DIR} holds no MNIST test split")
     return read_idx(paths[0])[:IDX_IMAGES], read_idx(paths[1])[:IDX_IMAGES]
-
-
-def idx_bytes(array: np.ndarray) -> bytes:
-    """Encode a uint8 array in the IDX format: magic 0x0000 08 NDIM, big-endian sizes, data."""
-    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(n).to_bytes(4, "big") for n in array.shape)
-    return header + np.ascontiguousarray(array, dtype=np.uint8).tobytes()
 
 
 def write_idx_folder(folder: Path, images: np.ndarray, labels: np.ndarray, compress: bool, splits=("train", "test")) -> Path:
