@@ -1,6 +1,6 @@
 """Tests of reading data sets (evaluate.datasets, train.mnist_data) and of the canvas cache.
 
-IDX files are written to tmp_path from a subset of the real MNIST test split; zips and
+IDX files are written to tmp_path from a subset of the real MNIST test split. Zips and
 folders are built from small synthetic PNGs, so no test decodes a full-size scan.
 """
 

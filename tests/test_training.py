@@ -25,7 +25,7 @@ from train.split import stratified_split
 from conftest import TASK1_IMAGES_PER_CLASS, train_cli
 
 CHECKPOINT_KEYS = {"model_config", "model", "class_names", "recipe", "optimizer", "scheduler", "epoch", "seed", "history", "split"}
-# task1_zip less one validation image a class, in batches of 32.
+# Training steps an epoch: task1_zip without one validation image a class, in batches of 32.
 STEPS_PER_EPOCH = 62 * (TASK1_IMAGES_PER_CLASS - 1) // 32
 EPOCH_KEYS = {"epoch", "train_loss", "train_top1", "lr", "val_loss", "val_top1", "seconds"}
 
