@@ -25,6 +25,11 @@ CASE_PAIRS = (("C", "c"), ("O", "o"), ("S", "s"))
 WRITERS_PER_PAIR = 4
 
 
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("INKBENCH_CACHE", str(tmp_path / "cache"))
+
+
 def ink_rows(canvas: np.ndarray) -> np.ndarray:
     return np.flatnonzero((canvas >= INK_THRESHOLD).any(axis=1))
 
