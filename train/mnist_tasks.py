@@ -44,12 +44,12 @@ def convergence_steps(steps_per_epoch: int, epochs: int) -> list[int]:
 
     Every 50 steps through the first epoch, where the arms differ most, then every
     half epoch, and always the final step. Runs on few images have short epochs;
-    there the spacing widens to a twentieth of the run, because each evaluation is a
+    there the spacing widens to a tenth of the run, because each evaluation is a
     pass over the 10000 test images and would otherwise cost more than the training.
     """
     total = steps_per_epoch * epochs
     first = list(range(0, min(steps_per_epoch, total) + 1, 50))
-    later = list(range(steps_per_epoch, total + 1, max(1, steps_per_epoch // 2, total // 20)))
+    later = list(range(steps_per_epoch, total + 1, max(1, steps_per_epoch // 2, total // 10)))
     return sorted(set(first + later + [total]))
 
 
