@@ -185,12 +185,17 @@ def benchmark_model(path: Path, args: argparse.Namespace, settings: BenchmarkSet
             "graph_optimization_level": model.optimization_level,
         },
     )
-    batch_dim = model.input_shape[0] if model.input_shape else None
-    reference_count = batch_dim if isinstance(batch_dim, int) else min(len(pool), AGREEMENT_SAMPLES)
-    reference_inputs = make_batch(pool, reference_count)
+    reference_inputs = agreement_batch(model, pool)
     reference_logits = model.run(reference_inputs)
     benchmark = ModelBenchmark(onnxruntime=result, pipeline=pipeline)
     return MeasuredModel(benchmark, spec, pool, description, reference_inputs, reference_logits)
+
+
+def agreement_batch(model: LoadedModel, pool: np.ndarray) -> np.ndarray:
+    """Return the samples on which PyTorch's logits are compared: one batch the model accepts."""
+    batch_dim = model.input_shape[0] if model.input_shape else None
+    count = batch_dim if isinstance(batch_dim, int) else min(len(pool), AGREEMENT_SAMPLES)
+    return make_batch(pool, count)
 
 
 def torch_agreement(torch_logits: np.ndarray, onnx_logits: np.ndarray) -> dict[str, Any] | None:
