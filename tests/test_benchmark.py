@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import h5py
@@ -199,6 +200,19 @@ def test_data_path_adds_end_to_end_run(cnn: Path, digit_folder: Path, tmp_path: 
     assert pipeline["end_to_end_over_baseline_decode"] == pytest.approx(
         pipeline["wall_s_mean"] / pipeline["baseline_decode_s_mean"]
     )
+
+
+def test_zip_data_path_is_graded(cnn: Path, digit_folder: Path, tmp_path: Path) -> None:
+    archive = tmp_path / "digits.zip"
+    with zipfile.ZipFile(archive, "w") as handle:
+        for image in sorted(digit_folder.rglob("*.png")):
+            handle.write(image, f"digits/{image.relative_to(digit_folder).as_posix()}")
+    report_path = tmp_path / "bench.json"
+    assert run_cli(["--model", str(cnn), str(archive), *TINY_RUN, "--batch-size", "16", "--json", str(report_path)]) == 0
+    pipeline = read_report(report_path)["pipeline"]
+    assert pipeline["source_kind"] == "zip"
+    assert pipeline["runs"][0]["images"] == 40
+    assert pipeline["baseline_decode_s_mean"] > 0
 
 
 def test_idx_data_has_no_decode_baseline(cnn: Path, tmp_path: Path) -> None:
