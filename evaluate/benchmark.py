@@ -22,6 +22,7 @@ from rich.console import Console
 
 from evaluate.benchmark_pipeline import measure_decode_baseline, run_pipeline
 from evaluate.cli import preprocessing_flags
+from evaluate.decoding import available_cpus
 from evaluate.benchmark_report import (
     ModelBenchmark,
     build_report,
@@ -209,6 +210,18 @@ def torch_agreement(torch_logits: np.ndarray, onnx_logits: np.ndarray) -> dict[s
     }
 
 
+def warn_if_loaded(load: list[float] | None) -> None:
+    """Log a warning when other processes already keep the available CPUs busy."""
+    cpus = available_cpus()
+    if load is not None and load[0] > cpus:
+        log.warning(
+            "1-minute load average %.1f exceeds the %d CPUs available: other processes share the CPUs, "
+            "so the figures will be disturbed; benchmark on an idle machine for figures to keep",
+            load[0],
+            cpus,
+        )
+
+
 def run_benchmark(args: argparse.Namespace) -> int:
     """Run the benchmark the parsed flags describe, print the table and write the files.
 
@@ -227,6 +240,8 @@ def run_benchmark(args: argparse.Namespace) -> int:
     if measured[0].spec is not None:
         baseline_s = measure_decode_baseline(args.path, measured[0].spec, args.split, args.repeats)
 
+    # Warned after the measurements, so that a bad input still ends in one error line.
+    warn_if_loaded(load_at_start)
     environment = describe_environment(torch_version, load_at_start)
     report = build_report(environment, settings, measured[0].inputs, models, torch_result, agreement, baseline_s)
     render_table(report, Console())
