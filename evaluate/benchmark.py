@@ -261,7 +261,11 @@ def benchmark_torch(
     first = measured[0].benchmark.onnxruntime
     if first.details["provider"] != "CPUExecutionProvider":
         # NOTE: the checkpoint always runs on the CPU, so these ratios compare devices, not runtimes.
-        log.warning("%s runs on %s but PyTorch on the CPU; use --provider cpu to compare the runtimes", first.model_path, first.details["provider"])
+        log.warning(
+            "%s runs on %s but PyTorch on the CPU; use --provider cpu to compare the runtimes",
+            first.model_path,
+            first.details["provider"],
+        )
     batch_sizes = [entry.batch_size for entry in first.throughput]
     threads = int(first.details["intra_op_threads"])
     result, runner = torch_side.benchmark_checkpoint(checkpoint, measured[0].pool, settings, batch_sizes, threads)
