@@ -292,8 +292,12 @@ def add_ratio_rows(add_row: Callable[[str, list[str]], None], entries: list[dict
         )
     add_row(
         "max |logit difference| vs torch",
-        ["-" if entry["torch_agreement"] is None else f"{entry['torch_agreement']['max_abs_logit_difference']:.2e}" for entry in entries],
+        [format_logit_difference(entry["torch_agreement"]) for entry in entries],
     )
+
+
+def format_logit_difference(agreement: dict[str, Any] | None) -> str:
+    return "-" if agreement is None else f"{agreement['max_abs_logit_difference']:.2e}"
 
 
 def add_pipeline_rows(add_row: Callable[[str, list[str]], None], entries: list[dict[str, Any]]) -> None:
@@ -310,10 +314,16 @@ def add_pipeline_rows(add_row: Callable[[str, list[str]], None], entries: list[d
     add_row("listing (s)", cells(lambda p: format_number(first_run(p)["listing_s"], 3)))
     add_row("waiting for decode + preprocess (s)", cells(lambda p: format_number(first_run(p)["decode_wait_s"], 3)))
     add_row("normalise + inference (s)", cells(lambda p: format_number(first_run(p)["inference_s"], 3)))
-    add_row("end-to-end wall, mean ± std (s)", cells(lambda p: f"{p['wall_s_mean']:.3f} ± {p['wall_s_std']:.3f} (n={p['repeats']})"))
+    add_row(
+        "end-to-end wall, mean ± std (s)",
+        cells(lambda p: f"{p['wall_s_mean']:.3f} ± {p['wall_s_std']:.3f} (n={p['repeats']})"),
+    )
     add_row("end-to-end images/s", cells(lambda p: format_number(first_run(p)["images_per_s"], 0)))
     add_row("first batch after listing start (s)", cells(lambda p: format_number(first_run(p)["first_batch_s"], 3)))
-    add_row("first batch after process start (s)", cells(lambda p: format_number(first_run(p)["first_batch_since_process_start_s"], 3)))
+    add_row(
+        "first batch after process start (s)",
+        cells(lambda p: format_number(first_run(p)["first_batch_since_process_start_s"], 3)),
+    )
     add_row("top-1", cells(lambda p: "-" if first_run(p)["top1"] is None else f"{first_run(p)['top1']:.4f}"))
     add_row("single-thread decode only (s)", cells(lambda p: format_number(p["baseline_decode_s_mean"], 3)))
     add_row("end-to-end / decode only", cells(lambda p: format_number(p["end_to_end_over_baseline_decode"], 3)))

@@ -318,8 +318,15 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="7-bit weights, against int8 overflow on x86 CPUs with AVX2 or AVX-512 but without VNNI",
     )
-    parser.add_argument("--method", choices=sorted(CALIBRATION_METHODS), default="minmax", help="calibration method (default: minmax)")
-    parser.add_argument("--split", choices=("train", "test"), default="train", help="MNIST split to read when PATH contains IDX files (default: train)")
+    parser.add_argument(
+        "--method", choices=sorted(CALIBRATION_METHODS), default="minmax", help="calibration method (default: minmax)"
+    )
+    parser.add_argument(
+        "--split",
+        choices=("train", "test"),
+        default="train",
+        help="MNIST split to read when PATH contains IDX files (default: train)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the random choice of calibration images (default: 0)")
     return parser
 
