@@ -10,9 +10,12 @@ from typing import Iterator
 
 
 @contextlib.contextmanager
-def atomic_path(target: Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``target`` and move it onto ``target`` if the block succeeds."""
-    handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+def atomic_path(target: Path, suffix: str = ".tmp") -> Iterator[Path]:
+    """Yield a temporary path beside ``target`` and move it onto ``target`` if the block succeeds.
+
+    ``suffix`` ends the temporary name, for writers that choose a format by it (matplotlib).
+    """
+    handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix, dir=target.parent)
     os.close(handle)
     try:
         yield Path(temporary)

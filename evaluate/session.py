@@ -69,10 +69,10 @@ def open_model(path: str | Path, provider: str = "auto", threads: int | None = N
             )
         wanted = ["CPUExecutionProvider"]
 
-    # onnxruntime logs a CUDA provider that fails to load as an error, which under "auto"
-    # is the expected fallback on a machine without a GPU. Under "cuda" the log stays
-    # (2 is onnxruntime's default severity), because there it explains the failure.
-    ort.set_default_logger_severity(4 if provider == "auto" else 2)
+    # onnxruntime logs a CUDA provider that fails to load as a multi-line error. Under
+    # "auto" that is the expected fallback, and under "cuda" the one-line error below
+    # reports it, so the log shows only at DEBUG level (-v), where it names the cause.
+    ort.set_default_logger_severity(2 if log.isEnabledFor(logging.DEBUG) else 4)
     try:
         session = ort.InferenceSession(str(path), sess_options=options, providers=wanted)
     except Exception as error:  # onnxruntime raises its own exception types for bad files
@@ -82,7 +82,8 @@ def open_model(path: str | Path, provider: str = "auto", threads: int | None = N
     in_use = session.get_providers()[0]
     if provider == "cuda" and in_use != "CUDAExecutionProvider":
         raise InputError(
-            "--provider cuda: no usable CUDA device (the CUDA session did not load); use --provider cpu or auto"
+            "--provider cuda: the CUDA session did not load (no usable GPU, or CUDA libraries missing; "
+            "-v shows onnxruntime's reason); use --provider cpu or auto"
         )
     log.info("model %s runs on %s with %d intra-op threads", path, in_use, threads)
 

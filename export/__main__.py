@@ -36,12 +36,14 @@ def main(argv: list[str] | None = None) -> int:
     console = Console(stderr=True)
     logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[RichHandler(console=console, show_path=False, show_time=False)])
     try:
+        if args.int8 and not args.calibration:
+            raise InputError("--int8 needs --calibration PATH, a folder or zip of training images")
         from export.onnx_export import PARITY_TOLERANCE, export_checkpoint, write_model_card, write_slim_checkpoint
 
         result = export_checkpoint(args.checkpoint, args.out, args.data)
         worst = max(result.max_abs_diff.values())
         per_batch = ", ".join(f"batch {b}: {d:.2e}" for b, d in result.max_abs_diff.items())
-        console.print(f"parity on {result.parity_source}: max |logit difference| {worst:.2e} ({per_batch}); tolerance {PARITY_TOLERANCE:.0e}")
+        console.print(f"parity on {result.parity_source}: max |logit difference| {worst:.2e} ({per_batch}); tolerance {PARITY_TOLERANCE:.0e} x logit scale")
         console.print(f"wrote {result.path} ({len(result.metadata.class_names)} classes, input 1x{result.metadata.recipe.size}x{result.metadata.recipe.size})")
         if args.ship:
             write_slim_checkpoint(args.checkpoint, args.ship)
@@ -50,8 +52,6 @@ def main(argv: list[str] | None = None) -> int:
         if args.int8:
             from export.quantize import quantize_model
 
-            if not args.calibration:
-                raise InputError("--int8 needs --calibration PATH, a folder or zip of training images")
             int8_path = args.out.with_suffix(".int8.onnx")
             quantize_model(args.out, int8_path, args.calibration)
             console.print(f"wrote {int8_path}")

@@ -32,6 +32,9 @@ from train.checkpoints import load_checkpoint, model_from_state, save_atomic
 log = logging.getLogger(__name__)
 
 OPSET = 17
+# Largest accepted |onnxruntime - PyTorch| logit difference, for logits of magnitude up
+# to 1. Larger logits scale it, because float32 rounding grows with magnitude: a
+# confident model's logits near 80 differ by about 2e-4 from reordered arithmetic alone.
 PARITY_TOLERANCE = 1e-4
 PARITY_BATCHES = (1, 7, 64)
 
@@ -99,9 +102,10 @@ def _trace(model: torch.nn.Module, size: int, path: Path) -> None:
     )
 
 
-def _check_parity(model: torch.nn.Module, path: Path, inputs: np.ndarray) -> dict[int, float]:
+def _check_parity(model: torch.nn.Module, path: Path, inputs: np.ndarray) -> tuple[dict[int, float], float]:
+    """Return the max |logit difference| per batch size, and the logit scale (>= 1)."""
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    differences = {}
+    differences, scales = {}, []
     for batch in PARITY_BATCHES:
         batch_inputs = np.resize(inputs, (batch, *inputs.shape[1:]))
         with torch.inference_mode():
@@ -110,7 +114,8 @@ def _check_parity(model: torch.nn.Module, path: Path, inputs: np.ndarray) -> dic
         if actual.shape != expected.shape:
             raise RuntimeError(f"onnxruntime returned logits of shape {actual.shape} for batch {batch}, PyTorch {expected.shape}")
         differences[batch] = float(np.abs(actual - expected).max())
-    return differences
+        scales.append(float(np.abs(expected).max()))
+    return differences, max(1.0, max(scales))
 
 
 def _write_atomic(model_proto: onnx.ModelProto, path: Path) -> None:
@@ -139,12 +144,12 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, data: str | None 
         onnx.save(proto, str(traced))
 
         inputs, source = _parity_inputs(state, recipe, data, max(PARITY_BATCHES))
-        differences = _check_parity(model, traced, inputs)
+        differences, scale = _check_parity(model, traced, inputs)
         worst = max(differences.values())
-        if worst > PARITY_TOLERANCE:
+        if worst > PARITY_TOLERANCE * scale:
             raise RuntimeError(
-                f"onnxruntime logits differ from PyTorch by {worst:.2e} (> {PARITY_TOLERANCE:.0e}) on {source}; "
-                "the ONNX file was not written"
+                f"onnxruntime logits differ from PyTorch by {worst:.2e} (> {PARITY_TOLERANCE:.0e} x logit scale {scale:.1f}) "
+                f"on {source}; the ONNX file was not written. Check the model for operators the ONNX export changes"
             )
         _write_atomic(proto, out)
     return ExportResult(out, differences, source, metadata)

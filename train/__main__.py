@@ -21,8 +21,15 @@ from evaluate.errors import InputError
 DEFAULT_DATA = "../shared/data/trainPart1.zip"
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive whole number")
+    return value
+
+
 def _add_common_run_arguments(parser: argparse.ArgumentParser, epochs: int, batch_size: int, lr: float) -> None:
-    parser.add_argument("--epochs", type=int, default=epochs, help=f"training epochs (default {epochs})")
+    parser.add_argument("--epochs", type=_positive_int, default=epochs, help=f"training epochs (default {epochs})")
     parser.add_argument("--seed", type=int, default=0, help="seed of the split, initial weights, data order and augmentation (default 0)")
     parser.add_argument("--out", help="run folder for last.pt, best.pt and history.h5 (default runs/<task>)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
@@ -43,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    _add_scan_task(subparsers, "task1", "train the 62-class character CNN from scratch on the scans", epochs=60)
+    _add_scan_task(subparsers, "task1", "train the 62-class character CNN from scratch on the scans", epochs=40)
     _add_scan_task(subparsers, "task2-pretrain", "train the digit CNN on the scans of 0-9 only, laid out like MNIST", epochs=40)
 
     split = subparsers.add_parser("export-split", help="copy a run's validation images into class folders, for the evaluator")

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
@@ -14,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from evaluate.atomic import atomic_path
 from train.diagnose import DiagnosisResult
 
 SAMPLES_PER_FOLDER = 12
@@ -24,14 +23,8 @@ SAMPLES_PLOT = "samples_per_folder.png"
 def _write_atomically(path: Path, write: Callable[[Path], None]) -> None:
     """Write through a temporary file in the same folder, so readers never see a partial file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
-    os.close(handle)
-    try:
-        write(Path(temporary))
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    with atomic_path(path, suffix=path.suffix) as temporary:
+        write(temporary)
 
 
 def write_json(payload: dict[str, Any], path: Path) -> None:

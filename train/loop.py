@@ -190,6 +190,9 @@ class Trainer:
             "best_top1": self.best_top1,
             "best_val_loss": self.best_val_loss,
             "train_seconds": self.train_seconds,
+            # Dropout draws from torch's global generator; restoring it makes a resumed
+            # run match an uninterrupted one.
+            "torch_rng_state": torch.get_rng_state(),
             # Counts [true, predicted] on the validation set; a reference model for label
             # noise diagnosis corrects its estimate with it.
             "val_confusion": None if self.val_confusion is None else self.val_confusion.tolist(),
@@ -215,6 +218,8 @@ class Trainer:
         self.best_top1 = float(state.get("best_top1", -1.0))
         self.best_val_loss = float(state.get("best_val_loss", float("inf")))
         self.train_seconds = float(state.get("train_seconds", 0.0))
+        if state.get("torch_rng_state") is not None:
+            torch.set_rng_state(state["torch_rng_state"])
         log.info("resumed %s at epoch %d of %d", self.spec.out_dir, self.epoch, self.config.epochs)
 
     def _save(self, is_best: bool) -> None:

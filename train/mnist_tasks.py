@@ -89,7 +89,10 @@ def run_mnist_arm(
     """Train one arm and return its record: seed, curves, per-epoch history, final metrics."""
     batch_size = min(batch_size, len(train))
     steps_per_epoch = max(1, len(train) // batch_size)
-    epochs = max(epochs, math.ceil(min_steps / steps_per_epoch)) if len(train) < 10_000 else epochs
+    if len(train) < 10_000 and epochs * steps_per_epoch < min_steps:
+        raised = math.ceil(min_steps / steps_per_epoch)
+        console.print(f"{len(train)} training images make {steps_per_epoch}-step epochs; training {raised} epochs to reach {min_steps} steps")
+        epochs = raised
     model, init_state = initial_model(init, seed, digits_checkpoint)
     config = TrainConfig(
         epochs=epochs,

@@ -119,6 +119,8 @@ def _class_folder_name(name: str, class_names: list[str]) -> str:
 
 def export_validation_split(checkpoint: Path, out_dir: Path, data: str | None) -> int:
     """Copy a run's validation images, as they were, into class folders; return the count."""
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise InputError(f"{out_dir} is not empty; give a new folder so the split is not mixed with other images")
     state = load_checkpoint(checkpoint)
     split = state.get("split")
     if not split or not split.get("validation_members"):
