@@ -15,6 +15,13 @@ from evaluate.preprocessing import MNIST_RECIPE, SCAN_RECIPE, Recipe
 torch = pytest.importorskip("torch")
 models = pytest.importorskip("train.models")
 
+# The checkpoints are exported with the TorchScript-based exporter (dynamo=False), as
+# export/onnx_export.py does; torch 2.9 and later flag it as deprecated.
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:You are using the legacy TorchScript-based ONNX export:DeprecationWarning"),
+    pytest.mark.filterwarnings("ignore:The feature will be removed:DeprecationWarning"),
+]
+
 TINY_RUN = ["--warmup", "2", "--runs", "5", "--batch-sizes", "1,4", "--throughput-images", "8", "--provider", "cpu"]
 CLASS_NAMES = [str(digit) for digit in range(10)]
 
