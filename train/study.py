@@ -57,6 +57,7 @@ def add_arguments(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--data", default="../shared/data/mnistTask3.zip", help="task3: the noisy digit set (default ../shared/data/mnistTask3.zip)")
     parser.add_argument("--diagnosis", default="artifacts/task3_diagnosis.json", help="task3: diagnosis JSON to describe the data set in the report, and to take T from (default artifacts/task3_diagnosis.json)")
     parser.add_argument("--reference", default="artifacts/task2_digits.onnx", help="task3: reference model when no diagnosis JSON exists (default artifacts/task2_digits.onnx)")
+    parser.add_argument("--self-train-epochs", type=int, default=0, help="task3: epochs of self-training each corrected run from the digits network on its own pseudo-labels; 0 skips it (default 0)")
     parser.add_argument("--workers", type=int, default=None, help="processes that decode images (default: CPUs available to this process)")
 
 

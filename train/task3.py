@@ -31,7 +31,8 @@ from rich.console import Console
 from evaluate.errors import InputError
 from evaluate.preprocessing import MNIST_RECIPE
 from train.cache import load_canvases
-from train.loop import LabelledArrays, LossFunction
+from train.checkpoints import load_checkpoint, model_from_state
+from train.loop import LabelledArrays, LossFunction, predict_logits
 from train.mnist_data import load_mnist
 from train.mnist_tasks import BATCH_SIZE, DEFAULT_DIGITS, DEFAULT_MNIST, run_mnist_arm
 from train.scan_tasks import select_classes
@@ -86,6 +87,53 @@ def load_transition(args: argparse.Namespace, console: Console) -> tuple[str, np
     result = estimate_transition(args.data, args.reference, DiagnosisOptions(confusion_source="metadata"))
     console.print(f"diagnosis of {args.data}: {result.kind} (confidence {result.confidence:.2f})")
     return result.kind, result.transition_matrix, {"from": "diagnosis", "reference": str(args.reference), "confidence": result.confidence}
+
+
+def pseudo_labels(model_checkpoint: Path, data: LabelledArrays, kind: str, transition: np.ndarray) -> np.ndarray:
+    """Label every training image with the corrected model's most probable class.
+
+    The posterior of the true class given the image and its given label is
+    p(class | image) * T[class, given], normalised; for complementary labels that sets
+    the given label's probability to zero. No clean label is involved.
+    """
+    state = load_checkpoint(model_checkpoint)
+    probabilities = torch.softmax(predict_logits(model_from_state(state), data.canvases, MNIST_RECIPE), dim=1).numpy()
+    if kind == "complementary":
+        probabilities[np.arange(len(data)), data.labels] = 0.0
+    else:
+        probabilities = probabilities * transition[:, data.labels].T
+    return probabilities.argmax(axis=1)
+
+
+def self_train(args: argparse.Namespace, console: Console, corrected_dir: Path, out_dir: Path, seed: int) -> dict[str, Any]:
+    """Fine-tune a corrected run on its own pseudo-labels with plain cross-entropy.
+
+    Self-training with pseudo-labels (Lee 2013, "Pseudo-Label: The Simple and Efficient
+    Semi-Supervised Learning Method for Deep Neural Networks") turns the corrected
+    model's beliefs into ordinary labels, which carry more signal per image than "not
+    this class".
+    """
+    data, sha256 = load_task3_data(args.data, args.workers)
+    test = load_mnist(args.mnist, "test")
+    kind, transition, source = load_transition(args, console)
+    labels = pseudo_labels(corrected_dir / "last.pt", data, kind, transition)
+    console.print(f"self-training from {corrected_dir}: {len(labels)} pseudo-labels, run folder {out_dir}")
+    record = run_mnist_arm(
+        init="pretrained",
+        seed=seed,
+        train=LabelledArrays(data.canvases, labels),
+        test=test,
+        out_dir=out_dir,
+        epochs=args.self_train_epochs,
+        digits_checkpoint=corrected_dir / "last.pt",
+        resume=True,
+        console=console,
+        lr=args.lr / 2,
+        batch_size=args.batch_size,
+        extra_state={"task": "task3", "data": {"path": str(Path(args.data).resolve()), "sha256": sha256}, "self_trained_from": str(corrected_dir)},
+    )
+    record.update({"init": f"corrected run {corrected_dir.name}", "loss": "cross-entropy on pseudo-labels", "correction": {"kind": kind, **source}})
+    return record
 
 
 def load_task3_data(path: str, workers: int | None) -> tuple[LabelledArrays, str]:
