@@ -135,6 +135,31 @@ def _diagnosis_lines(diagnosis: dict[str, Any] | None) -> list[str]:
     return lines
 
 
+def _plain_words(diagnosis: dict[str, Any] | None) -> str:
+    """Summarise the diagnosis in prose, from its duplicate counts and named kind."""
+    if diagnosis is None or not diagnosis.get("duplicates"):
+        return "No diagnosis with a duplicate search was found."
+    duplicates = diagnosis["duplicates"]
+    train_matched = duplicates["train"]["images_matched"]
+    test_matched = duplicates["test"]["images_matched"]
+    leak = (
+        "No image is a copy of an MNIST test image, so the test figures below are not inflated by a leak."
+        if test_matched == 0
+        else f"{test_matched} images are copies of MNIST test images: test figures below are inflated by that leak."
+    )
+    return (
+        f"In plain words: {train_matched} of the images are MNIST's own training digits, saved again as JPEG "
+        "(hence non-zero background pixels and more grey levels). "
+        + (
+            "Almost every image is filed under a digit it is *not*, chosen evenly among the other nine, so a network "
+            "trained on the folder labels learns to avoid the true digit and scores far below chance. "
+            if diagnosis["kind"] == "complementary"
+            else f"Their labels are corrupted in the way named above ({diagnosis['kind']}). "
+        )
+        + leak
+    )
+
+
 def write_report(results: dict[str, Any], path: Path) -> None:
     plot_results(results, path.parent / "plots")
     setup = results["setup"]
@@ -145,11 +170,7 @@ def write_report(results: dict[str, Any], path: Path) -> None:
         "",
         *_diagnosis_lines(results["diagnosis"]),
         "",
-        "In plain words: the images are MNIST's own training digits, saved again as JPEG (hence non-zero "
-        "background pixels and more grey levels), but almost every image is filed under a digit it is *not*, "
-        "chosen evenly among the other nine. A network trained on those folder labels learns to avoid the true "
-        "digit, which is why it scores far below chance. No image is a copy of an MNIST test image, so the test "
-        "figures below are not inflated by a leak.",
+        _plain_words(results["diagnosis"]),
         "",
         "## MNIST test top-1, mean ± std over seeds",
         "",
@@ -183,7 +204,7 @@ def write_report(results: dict[str, Any], path: Path) -> None:
         "## Regenerate",
         "",
         "```",
-        "python -m train diagnose ../shared/data/mnistTask3.zip --json artifacts/task3_diagnosis.json --plots artifacts/plots",
+        "python -m train diagnose ../shared/data/mnistTask3.zip --confusion metadata --json artifacts/task3_diagnosis.json --plots artifacts/plots",
         f"python -m train study task3 --seeds {setup['seeds']} --other-seeds {setup['other_seeds']} --epochs {setup['epochs']} "
         f"--self-train-epochs {setup.get('self_train_epochs', 0)}",
         "```",
