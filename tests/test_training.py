@@ -296,3 +296,27 @@ def test_export_split_copies_validation_images(digits_run, tmp_path, capsys):
     # Digit runs name folders by class; the members sit in Chars74K's SampleNNN folders.
     assert [f.split("/")[0] for f in files] == list(DIGIT_CLASSES)
     assert sorted(Path(f).name for f in files) == sorted(Path(m).name for m in members)
+
+
+def test_resumed_run_matches_uninterrupted(digits_zip, tmp_path, monkeypatch):
+    from train.loop import Trainer
+
+    options = ("--epochs", "2", "--batch-size", "8")
+    assert train_cli("task2-pretrain", digits_zip, tmp_path / "whole", *options) == 0
+
+    # Interrupt the second epoch as Ctrl-C would, then resume the run.
+    original = Trainer._train_epoch
+
+    def interrupt_second_epoch(self, progress):
+        if self.epoch == 1:
+            raise KeyboardInterrupt
+        return original(self, progress)
+
+    monkeypatch.setattr(Trainer, "_train_epoch", interrupt_second_epoch)
+    interrupted = train_cli("task2-pretrain", digits_zip, tmp_path / "resumed", *options)
+    monkeypatch.setattr(Trainer, "_train_epoch", original)
+    resumed = train_cli("task2-pretrain", digits_zip, tmp_path / "resumed", *options, "--resume")
+
+    assert interrupted == 130
+    assert resumed == 0
+    assert same_weights(weights(tmp_path / "resumed"), weights(tmp_path / "whole"))
