@@ -198,7 +198,7 @@ def class_of_folder(folder: str) -> str:
 def _strip_wrapping_folders(names: list[str], class_names: Sequence[str] | None) -> tuple[str, list[str]]:
     """Descend while every image sits inside one top-level folder that is not a class.
 
-    A single top folder that directly holds images is a class folder when its name is a
+    A single top folder that directly contains images is a class folder when its name is a
     known class, and the wrapper of an unlabelled set otherwise.
     """
     known = set(class_names) if class_names else set(CHARS74K_CLASSES)
@@ -254,7 +254,7 @@ def open_image_set(path: str | Path, class_names: Sequence[str] | None = None, s
 
     ``class_names`` fixes the class order (a model's classes); without it the order is
     Chars74K's for character folders and sorted otherwise. ``split`` chooses the MNIST
-    split when path holds IDX files. Raises InputError with a one-line message.
+    split when path contains IDX files. Raises InputError with a one-line message.
     """
     path = Path(path)
     if not path.exists():

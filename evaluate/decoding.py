@@ -1,7 +1,7 @@
 """Decoding and preprocessing an image set in parallel worker processes.
 
 Decoding a 1200x900 PNG costs about 15 ms, far more than a small CNN's inference, so
-grading and cache building spread it over processes. Each image is decoded exactly once.
+grading and cache building spread it over processes. ``decode_all`` decodes each image once.
 """
 
 from __future__ import annotations

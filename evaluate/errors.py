@@ -2,6 +2,6 @@
 
 
 class InputError(Exception):
-    """A problem with the user's model, data or flags; the message says what to do."""
+    """A problem with the user's model, data or flags, whose message states what to do next."""
 
     exit_code = 2

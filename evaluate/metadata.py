@@ -24,7 +24,7 @@ PROVENANCE_KEY = "inkbench.provenance"
 
 @dataclass
 class ModelMetadata:
-    """What a model needs to be graded: its classes, its preprocessing and where it came from."""
+    """A model's class names, preprocessing recipe and provenance: all the evaluator needs to grade it."""
 
     class_names: list[str]
     recipe: Recipe

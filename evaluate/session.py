@@ -51,7 +51,7 @@ def _session_options(threads: int | None) -> tuple[ort.SessionOptions, int]:
 def open_model(path: str | Path, provider: str = "auto", threads: int | None = None) -> LoadedModel:
     """Open an ONNX model on ``provider`` ("auto", "cpu" or "cuda").
 
-    "auto" takes CUDA when a CUDA session actually loads and the CPU otherwise; "cuda"
+    "auto" takes CUDA when a CUDA session actually loads and the CPU otherwise. "cuda"
     raises InputError when no CUDA session loads, rather than falling back silently.
     """
     path = Path(path)
@@ -61,20 +61,20 @@ def open_model(path: str | Path, provider: str = "auto", threads: int | None = N
         raise InputError(f"unknown provider {provider!r}; use auto, cpu or cuda")
 
     options, threads = _session_options(threads)
-    wanted = ["CPUExecutionProvider"] if provider == "cpu" else ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    requested = ["CPUExecutionProvider"] if provider == "cpu" else ["CUDAExecutionProvider", "CPUExecutionProvider"]
     if provider != "cpu" and "CUDAExecutionProvider" not in ort.get_available_providers():
         if provider == "cuda":
             raise InputError(
                 "--provider cuda: this onnxruntime build has no CUDA provider; install onnxruntime-gpu or use --provider cpu"
             )
-        wanted = ["CPUExecutionProvider"]
+        requested = ["CPUExecutionProvider"]
 
     # onnxruntime logs a CUDA provider that fails to load as a multi-line error. Under
     # "auto" that is the expected fallback, and under "cuda" the one-line error below
     # reports it, so the log shows only at DEBUG level (-v), where it names the cause.
     ort.set_default_logger_severity(2 if log.isEnabledFor(logging.DEBUG) else 4)
     try:
-        session = ort.InferenceSession(str(path), sess_options=options, providers=wanted)
+        session = ort.InferenceSession(str(path), sess_options=options, providers=requested)
     except Exception as error:  # onnxruntime raises its own exception types for bad files
         message = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise InputError(f"{path}: not a loadable ONNX model ({message}); export it again or check the path") from error

@@ -41,7 +41,7 @@ PARITY_BATCHES = (1, 7, 64)
 
 @dataclass
 class ExportResult:
-    """Where the model went and how closely onnxruntime matches PyTorch."""
+    """The written ONNX path, its metadata, and the parity of onnxruntime with PyTorch."""
 
     path: Path
     max_abs_diff: dict[int, float]

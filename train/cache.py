@@ -80,7 +80,7 @@ def _write_cache(path: Path, digest: str, recipe: Recipe, canvases: np.ndarray, 
 def load_canvases(path: str | Path, recipe: Recipe, split: str = "train", workers: int | None = None) -> CanvasSet:
     """Return the preprocessed, labelled canvases of a data source, from the cache when valid.
 
-    ``split`` picks the MNIST split when ``path`` holds IDX files; those are already
+    ``split`` picks the MNIST split when ``path`` contains IDX files; those are already
     decoded, so they bypass the cache.
     """
     image_set = open_image_set(path, split=split)

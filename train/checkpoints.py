@@ -1,6 +1,6 @@
 """Writing and reading training checkpoints.
 
-A checkpoint is a dict saved with ``torch.save``. It holds everything needed to rebuild
+A checkpoint is a dict saved with ``torch.save``. It contains everything needed to rebuild
 the model without this repository's training code, and to resume training exactly:
 ``model_config``, ``model``, ``class_names``, ``recipe`` (JSON), ``optimizer``,
 ``scheduler``, ``epoch`` (completed epochs), ``seed``, ``history``, ``split`` and
@@ -23,7 +23,7 @@ from train.models import InkNet, ModelConfig, build_model
 
 
 def save_atomic(state: dict[str, Any], path: str | Path) -> None:
-    """Save ``state`` so that ``path`` always holds a complete checkpoint.
+    """Save ``state`` so that ``path`` always contains a complete checkpoint.
 
     The data goes to a temporary file in the same folder, then replaces ``path`` in one
     rename, so a run killed mid-write leaves the previous checkpoint intact.

@@ -1,9 +1,10 @@
 """The training loop shared by every task: epochs, evaluation, checkpoints and resuming.
 
 Data order and augmentation come from generators seeded by (seed, epoch), never from
-global state, so a run resumed from ``last.pt`` sees the same batches as an
-uninterrupted one, and two runs that differ only in their initial weights (task 2's
-arms) see the same batches too.
+global state. Two runs that differ only in their initial weights (task 2's arms)
+therefore get the same batches. Checkpoints also store torch's global RNG, which
+dropout draws from, so a run resumed from ``last.pt`` ends with the weights of an
+uninterrupted one.
 """
 
 from __future__ import annotations

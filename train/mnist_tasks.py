@@ -14,7 +14,6 @@ import math
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import torch
 from rich.console import Console
 
@@ -43,9 +42,9 @@ def convergence_steps(steps_per_epoch: int, epochs: int) -> list[int]:
     """Return the steps at which a run evaluates on the test split.
 
     Every 50 steps through the first epoch, where the arms differ most, then every
-    half epoch, and always the final step. Runs on few images have short epochs;
-    there the spacing widens to a tenth of the run, because each evaluation is a
-    pass over the 10000 test images and would otherwise cost more than the training.
+    half epoch, and always the final step. Runs on few images have short epochs, so
+    there the spacing widens to a tenth of the run. Each evaluation is a pass over the
+    10000 test images and would otherwise cost more than the training.
     """
     total = steps_per_epoch * epochs
     first = list(range(0, min(steps_per_epoch, total) + 1, 50))

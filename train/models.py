@@ -2,7 +2,7 @@
 
 One family serves the 64x64 character canvases and the 28x28 MNIST digits. The head
 flattens the last feature map instead of pooling it globally, so the classifier still
-sees where on the canvas the ink is: on the character scans, position and size are what
+knows where on the canvas the ink is: on the character scans, position and size are what
 tell a lower-case "o" from a capital "O".
 """
 

@@ -128,15 +128,15 @@ def export_validation_split(checkpoint: Path, out_dir: Path, data: str | None) -
     source = Path(data or state["data"]["path"])
     image_set = open_image_set(source)
     by_member = {m: i for i, m in enumerate(image_set.members)}
-    wanted = split["validation_members"]
-    missing = [m for m in wanted if m not in by_member]
+    validation_members = split["validation_members"]
+    missing = [m for m in validation_members if m not in by_member]
     if missing:
         raise InputError(f"{source}: {len(missing)} validation images (e.g. {missing[0]}) are not in it; pass the training data with --data")
 
     class_names = list(state["class_names"])
     archive = zipfile.ZipFile(source) if image_set.kind == "zip" else None
     try:
-        for member in wanted:
+        for member in validation_members:
             name = image_set.class_names[image_set.labels[by_member[member]]]
             target = out_dir / _class_folder_name(name, class_names) / Path(member).name
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -148,4 +148,4 @@ def export_validation_split(checkpoint: Path, out_dir: Path, data: str | None) -
     finally:
         if archive is not None:
             archive.close()
-    return len(wanted)
+    return len(validation_members)

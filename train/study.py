@@ -15,10 +15,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from rich.console import Console
-from rich.table import Table
 
 from evaluate.atomic import atomic_path
 from evaluate.decoding import available_cpus

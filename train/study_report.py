@@ -81,7 +81,13 @@ def format_mean_std(value: tuple[float, float, int], missing: int = 0) -> str:
     mean, std, count = value
     if count == 0:
         return "not reached"
-    digits = 0 if abs(mean) >= 100 else 2 if abs(mean) >= 1 else 4
+    # Step counts need no decimals; losses below 1 need four to show seed differences.
+    if abs(mean) >= 100:
+        digits = 0
+    elif abs(mean) >= 1:
+        digits = 2
+    else:
+        digits = 4
     text = f"{mean:.{digits}f} ± {std:.{digits}f}"
     return text + (f" ({missing} not reached)" if missing else "")
 
