@@ -218,7 +218,7 @@ def _run_benchmark(args: argparse.Namespace) -> int:
     except ModuleNotFoundError as error:
         if error.name != "evaluate.benchmark":
             raise
-        raise InputError("--benchmark: module evaluate.benchmark is missing from this install; grade without --benchmark")
+        raise InputError("--benchmark: module evaluate.benchmark is missing from this install; grade without --benchmark") from None
     return run_benchmark(args)
 
 
@@ -254,6 +254,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             if args.benchmark:
                 return _run_benchmark(args)
+            if getattr(args, "torch", None):
+                raise InputError("--torch times a PyTorch checkpoint and works only with --benchmark; add --benchmark, or drop --torch to grade")
             from evaluate.grade_command import grade
 
             return grade(args, out, err)

@@ -38,9 +38,9 @@ def top_k_accuracy(logits: np.ndarray, labels: np.ndarray, k: int) -> float:
     if len(labels) == 0:
         return float("nan")
     k = min(k, logits.shape[1])
-    # argpartition puts the k largest in the last k slots, unordered, which is all a
-    # membership test needs; ties at the boundary are broken arbitrarily.
-    top = np.argpartition(logits, -k, axis=1)[:, -k:]
+    # A stable sort ranks tied logits by class index, as argmax does, so top-1 always
+    # agrees with the predicted class. Quantized models often produce tied logits.
+    top = np.argsort(-logits, axis=1, kind="stable")[:, :k]
     return float((top == labels[:, None]).any(axis=1).mean())
 
 

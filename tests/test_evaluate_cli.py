@@ -370,6 +370,12 @@ def test_missing_model(digit_scans, tmp_path, capsys):
     assert run.err.count("\n") == 1
 
 
+def test_torch_without_benchmark_rejected(digit_scans, capsys):
+    run = run_cli(capsys, "--model", digit_scans.model, digit_scans.zip_path, "--torch", "model.pt")
+    assert_input_error(run, "--torch", "--benchmark")
+    assert "accuracy" not in run.out
+
+
 def test_non_onnx_model(digit_scans, tmp_path, capsys):
     fake = tmp_path / "fake.onnx"
     fake.write_text("not a protobuf")

@@ -45,6 +45,14 @@ def test_top_k_capped_at_class_count():
     assert top_k_accuracy(logits, np.array([0]), 5) == 1.0
 
 
+def test_top1_breaks_ties_like_argmax():
+    # Every row ties classes 1 and 3. Argmax picks 1, so top-1 must count label 1 right and label 3 wrong.
+    logits = np.tile(np.array([[0.0, 2.0, 0.0, 2.0]], dtype=np.float32), (40, 1))
+    labels = np.array([1, 3] * 20)
+    assert top_k_accuracy(logits, labels, 1) == pytest.approx(float((logits.argmax(axis=1) == labels).mean()))
+    assert top_k_accuracy(logits, labels, 1) == pytest.approx(0.5)
+
+
 def test_case_insensitive_accuracy_forgives_case():
     names = ["C", "O", "c", "o", "0"]
     labels = np.array([0, 1, 2, 3, 4])

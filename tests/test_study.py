@@ -239,3 +239,26 @@ def test_study_rerun_finishes_unrecorded_run(study, tmp_path):
     assert (run_dir / "last.pt").stat().st_mtime_ns == last_before
     assert record["final"] == original["final"]
     assert record["curve"] == original["curve"]
+
+
+# Holding out a validation split for choosing a recipe.
+
+def test_validation_holds_out_last_images(tmp_path):
+    from train.mnist_tasks import train_and_monitor
+
+    mnist = small_mnist(tmp_path / "mnist")
+    all_train = read_idx(find_idx_files(mnist, "train")[0])
+    train, monitor = train_and_monitor(mnist, 200)
+    assert (len(train), len(monitor)) == (TRAIN_IMAGES - 200, 200)
+    assert np.array_equal(monitor.canvases, all_train[-200:])
+    assert np.array_equal(train.canvases, all_train[:-200])
+    train, monitor = train_and_monitor(mnist, 0)
+    assert (len(train), len(monitor)) == (TRAIN_IMAGES, TEST_SIZE)
+
+
+def test_validation_too_large_is_error(tmp_path, capsys):
+    mnist = small_mnist(tmp_path / "mnist")
+    code = train_main(["task2", "--init", "scratch", "--mnist", str(mnist), "--validation", str(TRAIN_IMAGES), "--out", str(tmp_path / "run")])
+    assert code == 2
+    assert "--validation" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

@@ -53,7 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_scan_task(subparsers, "task1", "train the 62-class character CNN from scratch on the scans", epochs=40)
     _add_scan_task(subparsers, "task2-pretrain", "train the digit CNN on the scans of 0-9 only, laid out like MNIST", epochs=40)
 
-    split = subparsers.add_parser("export-split", help="copy a run's validation images into class folders, for the evaluator")
+    split = subparsers.add_parser(
+        "export-split",
+        help="copy a run's validation images into class folders, for the evaluator",
+        description="Copy the validation images a task1 or task2-pretrain run held out into class folders, "
+        "so that python -m evaluate can grade its model on images it never trained on.",
+    )
     split.add_argument("checkpoint", type=Path, help="a last.pt or best.pt of a task1 or task2-pretrain run")
     split.add_argument("out", type=Path, help="folder to create the class sub-folders in")
     split.add_argument("--data", help="the training data, if it moved since training (default: the path stored in the checkpoint)")
@@ -75,7 +80,12 @@ def _add_optional_commands(subparsers: argparse._SubParsersAction) -> None:
     except ImportError:
         diagnose = None
     if diagnose is not None and hasattr(diagnose, "add_diagnose_arguments"):
-        diagnose_parser = subparsers.add_parser("diagnose", help="estimate how a data set's labels are corrupted")
+        diagnose_parser = subparsers.add_parser(
+            "diagnose",
+            help="estimate how a data set's labels are corrupted",
+            description="Estimate how a digit set's labels are corrupted: the label transition matrix, "
+            "the kind of noise it shows, and what the images themselves reveal.",
+        )
         diagnose.add_diagnose_arguments(diagnose_parser)
 
 

@@ -153,11 +153,24 @@ def arm_record(trainer: Trainer, train: LabelledArrays, test: LabelledArrays) ->
 
 def add_arguments(subparsers: argparse._SubParsersAction, add_common: Callable[..., None]) -> None:
     """Register the task2, study and task3 sub-commands."""
-    task2 = subparsers.add_parser("task2", help="fine-tune the digits network on MNIST, or train it from random initialisation")
+    task2 = subparsers.add_parser(
+        "task2",
+        help="fine-tune the digits network on MNIST, or train it from random initialisation",
+        description="Train the MNIST network from the digits network's weights (--init pretrained) or from random "
+        "weights (--init scratch); both arms share data order, augmentation, optimiser and schedule.",
+    )
     task2.add_argument("--init", choices=("pretrained", "scratch"), required=True, help="initial weights: the digits network or random")
     task2.add_argument("--mnist", default=DEFAULT_MNIST, help=f"folder with MNIST's IDX files, gz or not; downloaded there if missing (default {DEFAULT_MNIST})")
     task2.add_argument("--digits", default=DEFAULT_DIGITS, help=f"checkpoint of the digits network for --init pretrained (default {DEFAULT_DIGITS})")
     task2.add_argument("--train-size", type=int, default=None, help="use only this many MNIST training images, drawn by seed (default: all 60000)")
+    task2.add_argument(
+        "--validation",
+        type=int,
+        default=0,
+        metavar="N",
+        help="hold out the last N MNIST training images and monitor them instead of the test split, "
+        "to choose a recipe without looking at the test set (default 0: train on all, monitor the test split)",
+    )
     add_common(task2, epochs=10, batch_size=BATCH_SIZE, lr=0.05)
 
     from train import study
@@ -182,15 +195,19 @@ def run(args: argparse.Namespace, console: Console) -> int:
 
         return task3.run(args, console)
 
-    train = subset(load_mnist(args.mnist, "train"), args.train_size, args.seed)
-    test = load_mnist(args.mnist, "test")
+    train, monitor = train_and_monitor(args.mnist, args.validation)
+    train = subset(train, args.train_size, args.seed)
+    monitor_name = "validation" if args.validation else "test"
     out_dir = Path(args.out or f"runs/task2_{args.init}_seed{args.seed}")
-    console.print(f"task2 {args.init}: {len(train)} MNIST training images, seed {args.seed}, run folder {out_dir}")
+    console.print(
+        f"task2 {args.init}: {len(train)} MNIST training images, monitoring {len(monitor)} {monitor_name} images, "
+        f"seed {args.seed}, run folder {out_dir}"
+    )
     record = run_mnist_arm(
         init=args.init,
         seed=args.seed,
         train=train,
-        test=test,
+        test=monitor,
         out_dir=out_dir,
         epochs=args.epochs,
         digits_checkpoint=args.digits,
@@ -198,8 +215,29 @@ def run(args: argparse.Namespace, console: Console) -> int:
         console=console,
         lr=args.lr,
         batch_size=args.batch_size,
-        extra_state={"task": "task2", "command": getattr(args, "command_line", None)},
+        extra_state={"task": "task2", "command": getattr(args, "command_line", None), "validation_holdout": args.validation},
     )
     final = record["final"]
-    console.print(f"task2 {args.init} seed {args.seed}: MNIST test top-1 {final['test_top1']:.2%}, loss {final['test_loss']:.4f}")
+    console.print(
+        f"task2 {args.init} seed {args.seed}: MNIST {monitor_name} top-1 {final['test_top1']:.2%}, loss {final['test_loss']:.4f}"
+    )
     return 0
+
+
+def train_and_monitor(mnist: str | Path, validation: int) -> tuple[LabelledArrays, LabelledArrays]:
+    """Return the training images and the images a run is monitored on.
+
+    With ``validation`` > 0 the last ``validation`` training images are held out and
+    monitored, whatever the seed, so that recipes compared on them never see the test
+    split. Otherwise the run trains on all training images and monitors the test split.
+    """
+    train = load_mnist(mnist, "train")
+    if validation <= 0:
+        return train, load_mnist(mnist, "test")
+    if validation >= len(train) - 10:
+        raise InputError(f"--validation {validation} leaves too few of the {len(train)} training images; hold out fewer")
+    cut = len(train) - validation
+    return (
+        LabelledArrays(train.canvases[:cut], train.labels[:cut]),
+        LabelledArrays(train.canvases[cut:], train.labels[cut:]),
+    )

@@ -38,7 +38,12 @@ STUDY_DEFAULTS = {
 
 
 def add_arguments(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("study", help="run a task's comparison over seeds and write its JSON and report")
+    parser = subparsers.add_parser(
+        "study",
+        help="run a task's comparison over seeds and write its JSON and report",
+        description="Run every arm of a task's comparison over seeds, skipping runs already finished, "
+        "and write the study JSON, a markdown report with plots, and a summary table.",
+    )
     parser.add_argument("study", choices=tuple(STUDY_DEFAULTS), help="task2: pretrained vs scratch on MNIST; task3: naive vs corrected on noisy labels")
     parser.add_argument("--seeds", type=int, default=3, help="seeds per arm, 0 to N-1 (default 3)")
     parser.add_argument("--epochs", type=int, default=None, help="epochs of each run over all training images (default 3 for task2, 2 for task3)")

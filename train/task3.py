@@ -143,7 +143,12 @@ def load_task3_data(path: str, workers: int | None) -> tuple[LabelledArrays, str
 
 
 def add_arguments(subparsers: argparse._SubParsersAction, add_common: Callable[..., None]) -> None:
-    parser = subparsers.add_parser("task3", help="train on a digit set with corrupted labels, naively or with loss correction")
+    parser = subparsers.add_parser(
+        "task3",
+        help="train on a digit set with corrupted labels, naively or with loss correction",
+        description="Train on a digit set whose labels are corrupted, naively or with the loss corrected by the "
+        "estimated label transition matrix; every run is graded on the MNIST test split.",
+    )
     parser.add_argument("--data", default=DEFAULT_DATA, help=f"zip or folder of digit class folders 0-9 (default {DEFAULT_DATA})")
     parser.add_argument("--init", choices=("pretrained", "scratch"), default="scratch", help="initial weights: the digits network or random (default scratch)")
     parser.add_argument("--correct", action="store_true", help="correct the loss by the estimated label transition matrix")
