@@ -328,6 +328,8 @@ class Trainer:
         if "val_loss" in record:
             parts += [f"val loss {record['val_loss']:.4f}", f"val top-1 {record['val_top1']:.2%}"]
         if self.history.curve.get("top1"):
-            parts.append(f"monitor top-1 {self.history.curve['top1'][-1]:.2%}")
+            # The monitor runs at its own steps, not every epoch, so name the step it was measured at.
+            curve = self.history.curve
+            parts.append(f"monitor top-1 {curve['top1'][-1]:.2%} (step {int(curve['step'][-1])})")
         parts += [f"lr {record['lr']:.4f}", f"{record['seconds']:.1f}s"]
         self.console.print("  ".join(parts), highlight=False)
