@@ -224,6 +224,19 @@ def test_study_rerun_loads_finished_runs(study, tmp_path, monkeypatch):
     assert results["low_data"] == study.results["low_data"]
 
 
+def test_study_rerun_other_epochs_is_error(study, tmp_path, capsys):
+    root = copy_study(study, tmp_path)
+    before = record_times(root / "runs")
+    argv = study_argv(study.digits, study.mnist, root)
+    argv[argv.index("--epochs") + 1] = "4"
+
+    code = train_main(argv)
+
+    assert code == 2
+    assert "--runs-dir" in capsys.readouterr().err
+    assert record_times(root / "runs") == before
+
+
 def test_study_rerun_finishes_unrecorded_run(study, tmp_path):
     root = copy_study(study, tmp_path)
     run_dir = root / "runs" / "scratch_n64_seed1"

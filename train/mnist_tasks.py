@@ -52,6 +52,14 @@ def convergence_steps(steps_per_epoch: int, epochs: int) -> list[int]:
     return sorted(set(first + later + [total]))
 
 
+def planned_epochs(train_size: int, epochs: int, batch_size: int = BATCH_SIZE, min_steps: int = MIN_STEPS) -> int:
+    """Return the epochs a run trains: ``epochs``, raised on small sets to reach ``min_steps`` steps."""
+    steps_per_epoch = max(1, train_size // min(batch_size, train_size))
+    if train_size < 10_000 and epochs * steps_per_epoch < min_steps:
+        return math.ceil(min_steps / steps_per_epoch)
+    return epochs
+
+
 def initial_model(init: str, seed: int, digits_checkpoint: str | Path, config: ModelConfig = MNIST_CONFIG) -> tuple[InkNet, dict[str, Any]]:
     """Build the network for an arm: random (``scratch``) or the digits network (``pretrained``)."""
     torch.manual_seed(seed)
@@ -88,10 +96,10 @@ def run_mnist_arm(
     """Train one arm and return its record: seed, curves, per-epoch history, final metrics."""
     batch_size = min(batch_size, len(train))
     steps_per_epoch = max(1, len(train) // batch_size)
-    if len(train) < 10_000 and epochs * steps_per_epoch < min_steps:
-        raised = math.ceil(min_steps / steps_per_epoch)
-        console.print(f"{len(train)} training images make {steps_per_epoch}-step epochs; training {raised} epochs to reach {min_steps} steps")
-        epochs = raised
+    planned = planned_epochs(len(train), epochs, batch_size, min_steps)
+    if planned != epochs:
+        console.print(f"{len(train)} training images make {steps_per_epoch}-step epochs; training {planned} epochs to reach {min_steps} steps")
+        epochs = planned
     model, init_state = initial_model(init, seed, digits_checkpoint)
     config = TrainConfig(
         epochs=epochs,

@@ -20,10 +20,11 @@ from rich.console import Console
 
 from evaluate.atomic import atomic_path
 from evaluate.decoding import available_cpus
+from evaluate.errors import InputError
 from train.checkpoints import load_checkpoint, model_from_state
 from train.loop import LabelledArrays, evaluate_arrays
 from train.mnist_data import load_mnist, subset
-from train.mnist_tasks import BATCH_SIZE, DEFAULT_DIGITS, DEFAULT_MNIST, MIN_STEPS, run_mnist_arm
+from train.mnist_tasks import BATCH_SIZE, DEFAULT_DIGITS, DEFAULT_MNIST, MIN_STEPS, planned_epochs, run_mnist_arm
 from evaluate.preprocessing import MNIST_RECIPE
 
 log = logging.getLogger(__name__)
@@ -96,10 +97,26 @@ def zero_shot(digits_checkpoint: str | Path, test: LabelledArrays) -> dict[str, 
 def _run_or_load(run_dir: Path, console: Console, **arm: Any) -> dict[str, Any]:
     record_path = run_dir / "record.json"
     if record_path.exists():
-        return json.loads(record_path.read_text())
+        record = json.loads(record_path.read_text())
+        _check_record_matches(record, record_path, arm)
+        return record
     record = run_mnist_arm(out_dir=run_dir, resume=True, console=console, **arm)
     _write_json_atomic(record, record_path)
     return record
+
+
+def _check_record_matches(record: dict[str, Any], record_path: Path, arm: dict[str, Any]) -> None:
+    """Raise InputError when a finished run's epochs or training-set size differ from the study's plan.
+
+    Loading such a run would silently mix, for example, 3-epoch runs into a 16-epoch study.
+    """
+    planned = planned_epochs(len(arm["train"]), arm["epochs"], min_steps=arm["min_steps"])
+    trained = len(record.get("epochs", {}).get("epoch", []))
+    if trained != planned or record.get("train_size") != len(arm["train"]):
+        raise InputError(
+            f"{record_path}: that run trained {trained} epochs on {record.get('train_size')} images, but this study "
+            f"plans {planned} on {len(arm['train'])}; pass another --runs-dir, or delete that run folder to retrain it"
+        )
 
 
 def run(args: argparse.Namespace, console: Console) -> int:
