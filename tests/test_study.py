@@ -158,6 +158,7 @@ def test_study_setup_records_options(study):
     assert setup["seeds"] == SEEDS
     assert setup["sizes"] == [SMALL_SIZE]
     assert setup["test_images"] == TEST_SIZE
+    assert setup["min_steps"] == MIN_STEPS
     assert setup["digits_checkpoint"] == str(study.digits)
     assert setup["train_seconds_total"] == pytest.approx(sum(run["train_seconds"] for run in all_runs(study.results)))
 
@@ -192,6 +193,12 @@ def test_study_report_links_its_plots(study):
     for plot in PLOTS:
         assert f"](plots/{plot})" in text
         assert (study.report.parent / "plots" / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", plot
+
+
+def test_study_report_regenerate_command_has_options(study):
+    text = study.report.read_text()
+
+    assert f"--seeds {SEEDS} --epochs 1 --sizes {SMALL_SIZE} --min-steps {MIN_STEPS}" in text
 
 
 def test_study_report_rebuilds_from_json(study, tmp_path):

@@ -179,7 +179,7 @@ def add_arguments(subparsers: argparse._SubParsersAction, add_common: Callable[.
         help="hold out the last N MNIST training images and monitor them instead of the test split, "
         "to choose a recipe without looking at the test set (default 0: train on all, monitor the test split)",
     )
-    add_common(task2, epochs=10, batch_size=BATCH_SIZE, lr=0.05)
+    add_common(task2, epochs=16, batch_size=BATCH_SIZE, lr=0.05)
 
     from train import study
 

@@ -33,7 +33,7 @@ ARMS = ("pretrained", "scratch")
 
 
 STUDY_DEFAULTS = {
-    "task2": {"runs_dir": "runs/study_task2", "json": "artifacts/task2_study.json", "report": "artifacts/task2_report.md", "epochs": 3},
+    "task2": {"runs_dir": "runs/study_task2", "json": "artifacts/task2_study.json", "report": "artifacts/task2_report.md", "epochs": 16},
     "task3": {"runs_dir": "runs/study_task3", "json": "artifacts/task3_study.json", "report": "artifacts/task3_report.md", "epochs": 2},
 }
 
@@ -47,7 +47,7 @@ def add_arguments(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("study", choices=tuple(STUDY_DEFAULTS), help="task2: pretrained vs scratch on MNIST; task3: naive vs corrected on noisy labels")
     parser.add_argument("--seeds", type=int, default=3, help="seeds per arm, 0 to N-1 (default 3)")
-    parser.add_argument("--epochs", type=int, default=None, help="epochs of each run over all training images (default 3 for task2, 2 for task3)")
+    parser.add_argument("--epochs", type=int, default=None, help="epochs of each run over all training images (default 16 for task2, 2 for task3)")
     parser.add_argument("--runs-dir", default=None, help="folder of the per-run folders (default runs/study_<task>)")
     parser.add_argument("--json", default=None, help="study results to write (default artifacts/<task>_study.json)")
     parser.add_argument("--report", default=None, help="markdown report to write, with plots in a plots/ folder beside it (default artifacts/<task>_report.md)")
@@ -156,6 +156,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
         "epochs": args.epochs,
         "seeds": args.seeds,
         "sizes": sizes,
+        "min_steps": args.min_steps,
         "test_images": len(test),
         "digits_checkpoint": args.digits,
         "cpu": _cpu_model(),

@@ -199,7 +199,8 @@ def write_report(results: dict[str, Any], path: Path) -> None:
         f"{runs[0]['train_size']} MNIST training images; test figures on {setup.get('test_images', 10000)} MNIST test images. Hardware: "
         f"{setup['cpu']}, {setup['cpus_available']} CPUs, torch {setup['torch']}. Training time of all runs: "
         f"{setup['train_seconds_total'] / 60:.1f} min (excluding evaluation); wall time of the study command that wrote this: "
-        f"{setup['wall_seconds'] / 60:.1f} min.",
+        f"{setup['wall_seconds'] / 60:.1f} min, which leaves out runs it loaded from earlier invocations. "
+        "Final figures are those of the last step: no checkpoint is chosen by its test score.",
         "",
         f"Zero-shot, before any fine-tuning, the digits network scores **{100 * results['zero_shot']['test_top1']:.2f}%** "
         f"on the MNIST test split (loss {results['zero_shot']['test_loss']:.3f}).",
@@ -247,7 +248,8 @@ def write_report(results: dict[str, Any], path: Path) -> None:
         "",
         "```",
         "python -m train task2-pretrain --val-per-class 8 --out runs/task2-pretrain",
-        f"python -m train study task2 --seeds {setup['seeds']} --epochs {setup['epochs']} --sizes {','.join(map(str, setup['sizes']))}",
+        f"python -m train study task2 --seeds {setup['seeds']} --epochs {setup['epochs']} --sizes {','.join(map(str, setup['sizes']))}"
+        + (f" --min-steps {setup['min_steps']}" if "min_steps" in setup else ""),
         "python -m train.study_report artifacts/task2_study.json   # the report alone, from the JSON",
         "```",
         "",
