@@ -282,3 +282,10 @@ def test_validation_too_large_is_error(tmp_path, capsys):
     assert code == 2
     assert "--validation" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_validation_negative_is_error(tmp_path, capsys):
+    code = train_main(["task2", "--init", "scratch", "--validation", "-5", "--out", str(tmp_path / "run")])
+
+    assert code == 2
+    assert "negative" in capsys.readouterr().err

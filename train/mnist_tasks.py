@@ -239,8 +239,10 @@ def train_and_monitor(mnist: str | Path, validation: int) -> tuple[LabelledArray
     monitored, whatever the seed, so that recipes compared on them never see the test
     split. Otherwise the run trains on all training images and monitors the test split.
     """
+    if validation < 0:
+        raise InputError(f"--validation {validation} is negative; pass the number of training images to hold out, or 0")
     train = load_mnist(mnist, "train")
-    if validation <= 0:
+    if validation == 0:
         return train, load_mnist(mnist, "test")
     if validation >= len(train) - 10:
         raise InputError(f"--validation {validation} leaves too few of the {len(train)} training images; hold out fewer")
