@@ -199,7 +199,8 @@ def write_report(results: dict[str, Any], path: Path) -> None:
         f"{runs[0]['train_size']} MNIST training images; test figures on {setup.get('test_images', 10000)} MNIST test images. Hardware: "
         f"{setup['cpu']}, {setup['cpus_available']} CPUs, torch {setup['torch']}. Training time of all runs: "
         f"{setup['train_seconds_total'] / 60:.1f} min (excluding evaluation); wall time of the study command that wrote this: "
-        f"{setup['wall_seconds'] / 60:.1f} min, which leaves out runs it loaded from earlier invocations. "
+        f"{setup['wall_seconds'] / 60:.1f} min. Runs trained before that command, by an earlier study or by "
+        "`python -m train task2` into the run folders, count in the training time but not in that wall time. "
         "Final figures are those of the last step: no checkpoint is chosen by its test score.",
         "",
         f"Zero-shot, before any fine-tuning, the digits network scores **{100 * results['zero_shot']['test_top1']:.2f}%** "
