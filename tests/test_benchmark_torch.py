@@ -14,13 +14,7 @@ from evaluate.preprocessing import MNIST_RECIPE, SCAN_RECIPE, Recipe
 
 torch = pytest.importorskip("torch")
 models = pytest.importorskip("train.models")
-
-# The checkpoints are exported with the TorchScript-based exporter (dynamo=False), as
-# export/onnx_export.py does; torch 2.9 and later flag it as deprecated.
-pytestmark = [
-    pytest.mark.filterwarnings("ignore:You are using the legacy TorchScript-based ONNX export:DeprecationWarning"),
-    pytest.mark.filterwarnings("ignore:The feature will be removed:DeprecationWarning"),
-]
+write_onnx_graph = pytest.importorskip("export.onnx_export").write_onnx_graph
 
 TINY_RUN = ["--warmup", "2", "--runs", "5", "--batch-sizes", "1,4", "--throughput-images", "8", "--provider", "cpu"]
 CLASS_NAMES = [str(digit) for digit in range(10)]
@@ -42,16 +36,7 @@ def save_checkpoint(path: Path, recipe: Recipe) -> "torch.nn.Module":
 
 
 def export_onnx(model: "torch.nn.Module", path: Path) -> Path:
-    torch.onnx.export(
-        model,
-        (torch.zeros(2, 1, 28, 28),),
-        str(path),
-        dynamo=False,
-        opset_version=17,
-        input_names=["input"],
-        output_names=["logits"],
-        dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
-    )
+    write_onnx_graph(model.eval(), 28, path)
     proto = onnx.load(str(path))
     for key, value in ModelMetadata(CLASS_NAMES, MNIST_RECIPE).to_props().items():
         entry = proto.metadata_props.add()
