@@ -228,6 +228,23 @@ def test_task1_resume_adds_an_epoch(task1_run, task1_zip, tmp_path):
     assert not same_weights(weights(task1_run), state["model"])
 
 
+def test_resume_with_other_seed_is_error(task1_run, task1_zip, tmp_path, capsys):
+    run = shutil.copytree(task1_run, tmp_path / "run")
+    before = (run / "last.pt").stat().st_mtime_ns
+
+    code = train_cli("task1", task1_zip, run, "--epochs", "2", "--seed", "1", "--resume")
+
+    assert_one_line_error(code, capsys.readouterr().err, "belongs to another run", "seed 0")
+    assert (run / "last.pt").stat().st_mtime_ns == before
+
+
+def test_resume_without_checkpoint_is_error(task1_zip, tmp_path, capsys):
+    code = train_cli("task1", task1_zip, tmp_path / "run", "--epochs", "1", "--resume")
+
+    assert_one_line_error(code, capsys.readouterr().err, "--resume", "not found")
+    assert not (tmp_path / "run" / "last.pt").exists()
+
+
 def test_resume_on_other_data_is_input_error(digits_run, digits_zip, tmp_path, capsys):
     run = shutil.copytree(digits_run, tmp_path / "run")
     other = tmp_path / "other.zip"

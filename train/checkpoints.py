@@ -68,3 +68,12 @@ def load_model_from_checkpoint(path: str | Path) -> tuple[InkNet, Recipe, list[s
     """Load a checkpoint's model in eval mode, with its preprocessing recipe and class names."""
     state = load_checkpoint(path)
     return model_from_state(state), Recipe.from_json(state["recipe"]), list(state["class_names"])
+
+
+def require_resumable(out_dir: Path, resume: bool) -> None:
+    """Raise InputError unless ``--resume`` and the presence of ``out_dir/last.pt`` agree."""
+    last = out_dir / "last.pt"
+    if last.exists() and not resume:
+        raise InputError(f"{last} exists; pass --resume to continue that run, or choose another --out")
+    if resume and not last.exists():
+        raise InputError(f"--resume: {last} not found; pass the --out of the run to continue, or drop --resume to start one")

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from evaluate.errors import InputError
 from evaluate.preprocessing import Recipe
 from train.augment import AffineRange, random_affine
 from train.checkpoints import save_atomic
@@ -28,6 +29,9 @@ from train.history import History
 from train.models import InkNet
 
 log = logging.getLogger(__name__)
+
+# Checkpoint entries that identify a run. Resuming with any of them changed is an error.
+RUN_IDENTITY_KEYS = ("task", "init", "init_sha256", "validation_holdout", "train_images", "split")
 
 LossFunction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -197,11 +201,13 @@ class Trainer:
             # Counts [true, predicted] on the validation set; a reference model for label
             # noise diagnosis corrects its estimate with it.
             "val_confusion": None if self.val_confusion is None else self.val_confusion.tolist(),
+            "train_images": len(self.spec.train),
             **self.spec.extra_state,
         }
 
     def resume(self, state: dict[str, Any]) -> None:
-        """Continue from a ``last.pt`` state dict."""
+        """Continue from a ``last.pt`` state dict. Raise InputError if it belongs to another run."""
+        self._check_same_run(state)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         schedule = dict(state["scheduler"])
@@ -222,6 +228,30 @@ class Trainer:
         if state.get("torch_rng_state") is not None:
             torch.set_rng_state(state["torch_rng_state"])
         log.info("resumed %s at epoch %d of %d", self.spec.out_dir, self.epoch, self.config.epochs)
+
+    def _check_same_run(self, state: dict[str, Any]) -> None:
+        """Raise InputError when the checkpoint was trained with other settings than this run's.
+
+        Epochs may change, because a run can be extended. Anything else that differs would
+        continue one run as another and report it under the wrong name.
+        """
+        stored_config = state.get("train_config", {})
+        planned = {"train_images": len(self.spec.train), **self.spec.extra_state}
+        differences = [
+            f"{key} {stored_config.get(key)!r} (now {value!r})"
+            for key, value in (("seed", self.config.seed), ("batch_size", self.config.batch_size), ("lr", self.config.lr))
+            if key in stored_config and stored_config[key] != value
+        ]
+        differences += [
+            f"{key} {state[key]!r} (now {planned[key]!r})"
+            for key in RUN_IDENTITY_KEYS
+            if key in state and key in planned and state[key] != planned[key]
+        ]
+        if differences:
+            raise InputError(
+                f"{self.spec.out_dir / 'last.pt'} belongs to another run: {', '.join(differences)}; "
+                "pass that run's options to resume it, or choose another --out"
+            )
 
     def _save(self, is_best: bool) -> None:
         state = self.state()

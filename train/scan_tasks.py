@@ -22,7 +22,7 @@ from evaluate.errors import InputError
 from evaluate.preprocessing import MNIST_RECIPE, SCAN_RECIPE, Recipe
 from train.augment import AffineRange
 from train.cache import CanvasSet, load_canvases
-from train.checkpoints import load_checkpoint
+from train.checkpoints import load_checkpoint, require_resumable
 from train.loop import LabelledArrays, RunSpec, TrainConfig, Trainer
 from train.models import MNIST_CONFIG, SCAN_CONFIG, ModelConfig, build_model
 from train.split import stratified_split
@@ -60,8 +60,7 @@ def run_scan_task(task: str, args: argparse.Namespace, console: Console) -> Path
     class_names, recipe, model_config, augment = _scan_settings(task)
     out_dir = Path(args.out or f"runs/{task}")
     last = out_dir / "last.pt"
-    if last.exists() and not args.resume:
-        raise InputError(f"{last} exists; pass --resume to continue that run, or choose another --out")
+    require_resumable(out_dir, args.resume)
 
     canvas_set = load_canvases(args.data, recipe, workers=args.workers)
     data, members = select_classes(canvas_set, class_names)
