@@ -195,7 +195,7 @@ def test_study_report_links_its_plots(study):
         assert (study.report.parent / "plots" / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", plot
 
 
-def test_study_report_regenerate_command_has_options(study):
+def test_report_regenerate_command_complete(study):
     text = study.report.read_text()
 
     assert f"--seeds {SEEDS} --epochs 1 --sizes {SMALL_SIZE} --min-steps {MIN_STEPS}" in text
@@ -289,3 +289,29 @@ def test_validation_negative_is_error(tmp_path, capsys):
 
     assert code == 2
     assert "negative" in capsys.readouterr().err
+
+
+def test_train_size_above_available_is_error(tmp_path, capsys):
+    mnist = small_mnist(tmp_path / "mnist")
+    argv = ["task2", "--init", "scratch", "--mnist", str(mnist), "--validation", "200", "--train-size", "900"]
+
+    code = train_main(argv + ["--out", str(tmp_path / "run")])
+
+    assert code == 2
+    assert "at most 800" in capsys.readouterr().err
+
+
+def test_conclusion_no_ratio_for_missing_seeds():
+    from train.study_report import _conclusion
+
+    rows = [
+        {"measure": "final test top-1 (%)", "pretrained": (98.3, 0.1, 3), "scratch": (97.3, 0.6, 3), "p_value": 0.1,
+         "pretrained_missing": 0, "scratch_missing": 0},
+        {"measure": "steps to 98%", "pretrained": (51.0, 14.0, 3), "scratch": (115.0, 0.0, 1), "p_value": None,
+         "pretrained_missing": 0, "scratch_missing": 2},
+    ]  # fmt: skip
+
+    text = _conclusion(rows, "1000 images")
+
+    assert "3 of 3 pretrained seeds and 1 of 3 scratch seeds" in text
+    assert "x as many" not in text

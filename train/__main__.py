@@ -28,10 +28,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _add_common_run_arguments(parser: argparse.ArgumentParser, epochs: int, batch_size: int, lr: float) -> None:
+def _add_common_run_arguments(
+    parser: argparse.ArgumentParser, epochs: int, batch_size: int, lr: float, out_default: str = "runs/<task>"
+) -> None:
     parser.add_argument("--epochs", type=_positive_int, default=epochs, help=f"training epochs (default {epochs})")
     parser.add_argument("--seed", type=int, default=0, help="seed of the split, initial weights, data order and augmentation (default 0)")
-    parser.add_argument("--out", help="run folder for last.pt, best.pt and history.h5 (default runs/<task>)")
+    parser.add_argument(
+        "--out",
+        help=f"run folder for last.pt, history.h5 and best.pt, which holds the best validation top-1 of a run "
+        f"with a validation split and the newest weights otherwise (default {out_default})",
+    )
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
     parser.add_argument("--batch-size", type=int, default=batch_size, help=f"images per training step (default {batch_size})")
     parser.add_argument("--lr", type=float, default=lr, help=f"peak learning rate of the one-cycle schedule (default {lr})")

@@ -22,9 +22,11 @@ def _download(folder: Path) -> Path:
         for train in (True, False):
             MNIST(root=str(folder), train=train, download=True)
     except (OSError, RuntimeError) as error:
+        # torchvision's message lists every mirror on its own line; keep the error to one.
+        reason = " ".join(str(error).split())
         raise InputError(
-            f"{folder}: no MNIST IDX files there and the download failed ({error}); "
-            "put train-images-idx3-ubyte.gz and the other three files in that folder"
+            f"{folder}: no MNIST IDX files there and the download failed ({reason}); "
+            "check the --mnist path, or put train-images-idx3-ubyte.gz and the other three files in that folder"
         ) from error
     return folder / "MNIST" / "raw"
 
@@ -50,8 +52,10 @@ def load_mnist(folder: str | Path, split: str) -> LabelledArrays:
 
 def subset(data: LabelledArrays, size: int | None, seed: int) -> LabelledArrays:
     """Return ``size`` samples drawn without replacement, the same for a given seed."""
-    if size is None or size >= len(data):
+    if size is None or size == len(data):
         return data
+    if size > len(data):
+        raise InputError(f"--train-size {size} exceeds the {len(data)} training images available; pass at most {len(data)}")
     if size < 10:
         raise InputError(f"--train-size {size} is too small; use at least 10 images")
     index = np.sort(np.random.default_rng(seed + 99).permutation(len(data))[:size])

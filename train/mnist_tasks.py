@@ -21,7 +21,7 @@ from evaluate.datasets import DIGIT_CLASSES
 from evaluate.errors import InputError
 from evaluate.preprocessing import MNIST_RECIPE
 from train.augment import AffineRange
-from train.checkpoints import load_checkpoint
+from train.checkpoints import load_checkpoint, require_resumable
 from train.calibration import expected_calibration_error, per_class_accuracy
 from train.loop import LabelledArrays, LossFunction, RunSpec, TrainConfig, Trainer, evaluate_arrays, predict_logits
 from train.mnist_data import load_mnist, subset
@@ -122,8 +122,7 @@ def run_mnist_arm(
     trainer = Trainer(spec, config, console)
     last = out_dir / "last.pt"
     if last.exists():
-        if not resume:
-            raise InputError(f"{last} exists; pass --resume to continue that run, or choose another --out")
+        require_resumable(out_dir, resume)
         trainer.resume(load_checkpoint(last))
     trainer.fit()
     return arm_record(trainer, train, test)
@@ -179,7 +178,13 @@ def add_arguments(subparsers: argparse._SubParsersAction, add_common: Callable[.
         help="hold out the last N MNIST training images and monitor them instead of the test split, "
         "to choose a recipe without looking at the test set (default 0: train on all, monitor the test split)",
     )
-    add_common(task2, epochs=16, batch_size=BATCH_SIZE, lr=0.05)
+    task2.add_argument(
+        "--min-steps",
+        type=int,
+        default=MIN_STEPS,
+        help=f"minimum training steps of a run on under 10000 images; --epochs is raised to reach it (default {MIN_STEPS})",
+    )
+    add_common(task2, epochs=16, batch_size=BATCH_SIZE, lr=0.05, out_default="runs/task2_<init>_seed<N>")
 
     from train import study
 
@@ -207,6 +212,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
     train = subset(train, args.train_size, args.seed)
     monitor_name = "validation" if args.validation else "test"
     out_dir = Path(args.out or f"runs/task2_{args.init}_seed{args.seed}")
+    require_resumable(out_dir, args.resume)
     console.print(
         f"task2 {args.init}: {len(train)} MNIST training images, monitoring {len(monitor)} {monitor_name} images, "
         f"seed {args.seed}, run folder {out_dir}"
@@ -223,7 +229,14 @@ def run(args: argparse.Namespace, console: Console) -> int:
         console=console,
         lr=args.lr,
         batch_size=args.batch_size,
-        extra_state={"task": "task2", "command": getattr(args, "command_line", None), "validation_holdout": args.validation},
+        min_steps=args.min_steps,
+        extra_state={
+            "task": "task2",
+            "command": getattr(args, "command_line", None),
+            # Lets export check parity on real MNIST test images without --data.
+            "data": {"path": str(Path(args.mnist).resolve())},
+            "validation_holdout": args.validation,
+        },
     )
     final = record["final"]
     console.print(

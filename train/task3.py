@@ -156,7 +156,7 @@ def add_arguments(subparsers: argparse._SubParsersAction, add_common: Callable[.
     parser.add_argument("--reference", default=DEFAULT_REFERENCE, help=f"ONNX reference model for the diagnosis (default {DEFAULT_REFERENCE})")
     parser.add_argument("--digits", default=DEFAULT_DIGITS, help=f"checkpoint of the digits network for --init pretrained (default {DEFAULT_DIGITS})")
     parser.add_argument("--mnist", default=DEFAULT_MNIST, help=f"folder with MNIST's IDX files; only the test split is used, for reporting (default {DEFAULT_MNIST})")
-    add_common(parser, epochs=4, batch_size=BATCH_SIZE, lr=0.05)
+    add_common(parser, epochs=4, batch_size=BATCH_SIZE, lr=0.05, out_default="runs/task3_<naive|corrected>_<init>_seed<N>")
 
 
 def run_task3_arm(args: argparse.Namespace, console: Console, out_dir: Path, seed: int) -> dict[str, Any]:
