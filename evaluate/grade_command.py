@@ -71,16 +71,19 @@ def _open_checked(args: argparse.Namespace) -> tuple[LoadedModel, ModelSpec, Ima
     return model, spec, image_set
 
 
-def _write_outputs(evaluation: Evaluation, report: dict, paths: OutputPaths, out: Console) -> None:
+def _write_outputs(evaluation: Evaluation, report: dict, paths: OutputPaths) -> list[tuple[str, Path]]:
+    """Write the requested files; return what was written, for the terminal summary."""
+    written = []
     if paths.predictions is not None:
         write_predictions_csv(paths.predictions, evaluation)
-        show.print_written(out, "predictions", paths.predictions)
+        written.append(("predictions", paths.predictions))
     if paths.json is not None:
         write_json(paths.json, report)
-        show.print_written(out, "JSON report", paths.json)
+        written.append(("JSON report", paths.json))
     if paths.h5 is not None:
         write_h5(paths.h5, evaluation)
-        show.print_written(out, "HDF5 arrays", paths.h5)
+        written.append(("HDF5 arrays", paths.h5))
+    return written
 
 
 def grade(args: argparse.Namespace, out: Console, err: Console) -> int:
@@ -112,11 +115,14 @@ def grade(args: argparse.Namespace, out: Console, err: Console) -> int:
 
     evaluation = evaluate(model, spec, image_set, predictions, set_labels)
     report = build_report(evaluation, decode_processes(image_set, workers), paths.predictions)
+    # Files first, so that a closed standard output (a pipe into head) loses no results.
+    written = _write_outputs(evaluation, report, paths)
     show.print_summary(out, evaluation, report)
     if image_set.labelled:
         show.print_class_table(out, evaluation, args.rows)
         show.print_confused_pairs(out, evaluation, args.pairs)
     else:
         show.print_prediction_counts(out, evaluation)
-    _write_outputs(evaluation, report, paths, out)
+    for what, path in written:
+        show.print_written(out, what, path)
     return 0

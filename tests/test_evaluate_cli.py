@@ -376,6 +376,19 @@ def test_torch_without_benchmark_rejected(digit_scans, capsys):
     assert "accuracy" not in run.out
 
 
+def test_closed_stdout_keeps_json(digit_scans, tmp_path, capsys, monkeypatch):
+    import evaluate.console
+
+    def reader_left(*args, **kwargs):
+        raise BrokenPipeError
+
+    monkeypatch.setattr(evaluate.console, "print_summary", reader_left)
+    run = run_cli(capsys, "--model", digit_scans.model, digit_scans.zip_path, "--json", tmp_path / "r.json")
+
+    assert run.code == 1
+    assert json.loads((tmp_path / "r.json").read_text())["samples"] > 0
+
+
 def test_non_onnx_model(digit_scans, tmp_path, capsys):
     fake = tmp_path / "fake.onnx"
     fake.write_text("not a protobuf")
