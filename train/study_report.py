@@ -256,9 +256,12 @@ def write_report(results: dict[str, Any], path: Path) -> None:
         "",
         "```",
         "python -m train task2-pretrain --val-per-class 8 --out runs/task2-pretrain",
+        "python -m export runs/task2-pretrain/best.pt artifacts/task2_digits.onnx --ship artifacts/task2_digits.pt",
         f"python -m train study task2 --seeds {setup['seeds']} --epochs {setup['epochs']} --sizes {','.join(map(str, setup['sizes']))}"
         + (f" --min-steps {setup['min_steps']}" if "min_steps" in setup else ""),
         "python -m train.study_report artifacts/task2_study.json   # the report alone, from the JSON",
+        "# the shipped models are the seed-0 runs (scratch likewise):",
+        "python -m export runs/study_task2/pretrained_full_seed0/last.pt artifacts/task2_pretrained.onnx --ship artifacts/task2_pretrained.pt",
         "```",
         "",
     ]
