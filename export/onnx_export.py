@@ -173,7 +173,9 @@ def write_model_card(checkpoint: str | Path, result: ExportResult) -> Path:
         "val_top1": info.get("val_top1"),
         "val_images": len(state.get("split", {}).get("validation_members", [])) or None,
         "seed": state.get("seed"),
+        # The checkpoint's epoch: below the planned count when best.pt came from an earlier epoch.
         "epochs": state.get("epoch"),
+        "epochs_planned": state.get("train_config", {}).get("epochs"),
         "init": state.get("init"),
         "command": state.get("command"),
         "training_data": state.get("data", {}).get("path"),

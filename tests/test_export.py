@@ -122,6 +122,8 @@ def test_model_card_describes_model(exported, task1_run, task1_zip):
     assert card["classes"] == list(CHARS74K_CLASSES)
     assert card["input"] == [1, 64, 64]
     assert card["val_images"] == 62
+    assert card["epochs"] == 1
+    assert card["epochs_planned"] == 1
     assert card["training_data"] == str(task1_zip.resolve())
     assert card["parity_max_abs_diff"] == max(exported.max_abs_diff.values())
 
