@@ -315,3 +315,23 @@ def test_conclusion_no_ratio_for_missing_seeds():
 
     assert "3 of 3 pretrained seeds and 1 of 3 scratch seeds" in text
     assert "x as many" not in text
+
+
+def test_resume_from_other_digits_network_is_error(digits_run, tmp_path, capsys):
+    import torch
+
+    mnist = small_mnist(tmp_path / "mnist")
+    other = tmp_path / "other_digits.pt"
+    state = load_checkpoint(digits_run / "last.pt")
+    state["model"] = {name: value + 0.01 if value.is_floating_point() else value for name, value in state["model"].items()}
+    torch.save(state, other)
+    argv = ["task2", "--init", "pretrained", "--mnist", str(mnist), "--train-size", "256", "--min-steps", "2", "--epochs", "1"]
+    run = tmp_path / "run"
+    assert train_main(argv + ["--digits", str(digits_run / "last.pt"), "--out", str(run)]) == 0
+    before = (run / "last.pt").stat().st_mtime_ns
+
+    code = train_main(argv + ["--digits", str(other), "--out", str(run), "--resume"])
+
+    assert code == 2
+    assert "init_checkpoint_sha256" in capsys.readouterr().err
+    assert (run / "last.pt").stat().st_mtime_ns == before

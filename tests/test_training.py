@@ -238,6 +238,16 @@ def test_resume_with_other_seed_is_error(task1_run, task1_zip, tmp_path, capsys)
     assert (run / "last.pt").stat().st_mtime_ns == before
 
 
+def test_resume_to_more_epochs_warns(task1_run, task1_zip, tmp_path, caplog):
+    run = shutil.copytree(task1_run, tmp_path / "run")
+
+    with caplog.at_level("WARNING", logger="train.loop"):
+        code = train_cli("task1", task1_zip, run, "--epochs", "2", "--resume")
+
+    assert code == 0
+    assert "re-planned" in caplog.text
+
+
 def test_resume_without_checkpoint_is_error(task1_zip, tmp_path, capsys):
     code = train_cli("task1", task1_zip, tmp_path / "run", "--epochs", "1", "--resume")
 

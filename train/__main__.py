@@ -17,29 +17,28 @@ from rich.logging import RichHandler
 from rich.markup import escape
 
 from evaluate.errors import InputError
+from train.arguments import positive_int
 
 DEFAULT_DATA = "../shared/data/trainPart1.zip"
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is not a positive whole number")
-    return value
 
 
 def _add_common_run_arguments(
     parser: argparse.ArgumentParser, epochs: int, batch_size: int, lr: float, out_default: str = "runs/<task>"
 ) -> None:
-    parser.add_argument("--epochs", type=_positive_int, default=epochs, help=f"training epochs (default {epochs})")
+    parser.add_argument("--epochs", type=positive_int, default=epochs, help=f"training epochs (default {epochs})")
     parser.add_argument("--seed", type=int, default=0, help="seed of the split, initial weights, data order and augmentation (default 0)")
     parser.add_argument(
         "--out",
         help=f"run folder for last.pt, history.h5 and best.pt, which holds the best validation top-1 of a run "
         f"with a validation split and the newest weights otherwise (default {out_default})",
     )
-    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
-    parser.add_argument("--batch-size", type=int, default=batch_size, help=f"images per training step (default {batch_size})")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out from its last.pt, with the options it was started with; a different --epochs "
+        "re-plans the learning-rate schedule for the new length from the step reached",
+    )
+    parser.add_argument("--batch-size", type=positive_int, default=batch_size, help=f"images per training step (default {batch_size})")
     parser.add_argument("--lr", type=float, default=lr, help=f"peak learning rate of the one-cycle schedule (default {lr})")
     parser.add_argument("--workers", type=int, default=None, help="processes that decode images (default: CPUs available to this process)")
 

@@ -31,7 +31,7 @@ from train.models import InkNet
 log = logging.getLogger(__name__)
 
 # Checkpoint entries that identify a run. Resuming with any of them changed is an error.
-RUN_IDENTITY_KEYS = ("task", "init", "init_sha256", "validation_holdout", "train_images", "split")
+RUN_IDENTITY_KEYS = ("task", "init", "init_checkpoint_sha256", "validation_holdout", "train_images", "split")
 
 LossFunction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -213,6 +213,12 @@ class Trainer:
         schedule = dict(state["scheduler"])
         planned = self.scheduler.state_dict()
         if schedule["total_steps"] != planned["total_steps"]:
+            log.warning(
+                "%s was planned for %s epochs and now runs to %d: the one-cycle schedule is re-planned for the new length",
+                self.spec.out_dir / "last.pt",
+                state.get("train_config", {}).get("epochs", "other"),
+                self.config.epochs,
+            )
             # --epochs changed since the checkpoint. OneCycleLR raises once it steps past
             # total_steps, so continue at the step reached on the cycle planned for the new
             # length. NOTE: the learning rate then jumps from the old cycle's end to the

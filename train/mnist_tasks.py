@@ -9,6 +9,7 @@ digits network's weights over the random ones.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import logging
 import math
 from pathlib import Path
@@ -19,6 +20,7 @@ from rich.console import Console
 
 from evaluate.datasets import DIGIT_CLASSES
 from evaluate.errors import InputError
+from train.arguments import non_negative_int
 from evaluate.preprocessing import MNIST_RECIPE
 from train.augment import AffineRange
 from train.checkpoints import load_checkpoint, require_resumable
@@ -73,7 +75,12 @@ def initial_model(init: str, seed: int, digits_checkpoint: str | Path, config: M
             "pretrain with 'python -m train task2-pretrain'"
         )
     model.load_state_dict(state["model"])
-    return model, {"init": "pretrained", "init_checkpoint": str(digits_checkpoint), "init_sha256": state.get("data", {}).get("sha256")}
+    return model, {
+        "init": "pretrained",
+        "init_checkpoint": str(digits_checkpoint),
+        "init_checkpoint_sha256": hashlib.sha256(Path(digits_checkpoint).read_bytes()).hexdigest(),
+        "init_sha256": state.get("data", {}).get("sha256"),
+    }
 
 
 def run_mnist_arm(
@@ -180,7 +187,7 @@ def add_arguments(subparsers: argparse._SubParsersAction, add_common: Callable[.
     )
     task2.add_argument(
         "--min-steps",
-        type=int,
+        type=non_negative_int,
         default=MIN_STEPS,
         help=f"minimum training steps of a run on under 10000 images; --epochs is raised to reach it (default {MIN_STEPS})",
     )

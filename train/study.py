@@ -21,6 +21,7 @@ from rich.console import Console
 from evaluate.atomic import atomic_path
 from evaluate.decoding import available_cpus
 from evaluate.errors import InputError
+from train.arguments import non_negative_int, positive_int
 from train.checkpoints import load_checkpoint, model_from_state
 from train.loop import LabelledArrays, evaluate_arrays
 from train.mnist_data import load_mnist, subset
@@ -46,8 +47,8 @@ def add_arguments(subparsers: argparse._SubParsersAction) -> None:
         "and write the study JSON, a markdown report with plots, and a summary table.",
     )
     parser.add_argument("study", choices=tuple(STUDY_DEFAULTS), help="task2: pretrained vs scratch on MNIST; task3: naive vs corrected on noisy labels")
-    parser.add_argument("--seeds", type=int, default=3, help="seeds per arm, 0 to N-1 (default 3)")
-    parser.add_argument("--epochs", type=int, default=None, help="epochs of each run over all training images (default 16 for task2, 2 for task3)")
+    parser.add_argument("--seeds", type=positive_int, default=3, help="seeds per arm, 0 to N-1 (default 3)")
+    parser.add_argument("--epochs", type=positive_int, default=None, help="epochs of each run over all training images (default 16 for task2, 2 for task3)")
     parser.add_argument("--runs-dir", default=None, help="folder of the per-run folders (default runs/study_<task>)")
     parser.add_argument("--json", default=None, help="study results to write (default artifacts/<task>_study.json)")
     parser.add_argument("--report", default=None, help="markdown report to write, with plots in a plots/ folder beside it (default artifacts/<task>_report.md)")
@@ -56,7 +57,7 @@ def add_arguments(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--test-size", type=int, default=None, help="task2: evaluate on only the first N MNIST test images, for quick trials (default: all 10000)")
     parser.add_argument("--sizes", default="100,1000", help="task2: comma-separated small training-set sizes also compared (default 100,1000; empty for none)")
     parser.add_argument("--full-size", type=int, default=None, help="task2: training images of the 'full' runs (default: all 60000)")
-    parser.add_argument("--min-steps", type=int, default=MIN_STEPS, help=f"task2: fewest training steps of a small-set run (default {MIN_STEPS})")
+    parser.add_argument("--min-steps", type=non_negative_int, default=MIN_STEPS, help=f"task2: minimum training steps of a run on under 10000 images (default {MIN_STEPS})")
     parser.add_argument("--other-seeds", type=int, default=1, help="task3: seeds of the naive runs and of corrected training from scratch; corrected training from the digits network gets --seeds (default 1)")
     parser.add_argument("--data", default="../shared/data/mnistTask3.zip", help="task3: the noisy digit set (default ../shared/data/mnistTask3.zip)")
     parser.add_argument("--diagnosis", default="artifacts/task3_diagnosis.json", help="task3: diagnosis JSON to describe the data set in the report, and to take T from (default artifacts/task3_diagnosis.json)")
