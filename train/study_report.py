@@ -176,6 +176,20 @@ def _conclusion(rows: list[dict[str, Any]], label: str) -> str:
     return " ".join(sentences)
 
 
+def _evaluation_spacing(run: dict[str, Any]) -> str:
+    """Describe when a run was evaluated, from the steps in its curve."""
+    steps = [int(step) for step in run["curve"]["step"]]
+    per_epoch = run["steps"] // max(1, len(run["epochs"].get("epoch", [1])))
+    first = [b - a for a, b in zip(steps, steps[1:]) if b <= per_epoch]
+    later = [b - a for a, b in zip(steps, steps[1:]) if a >= per_epoch]
+    parts = []
+    if first:
+        parts.append(f"every {max(set(first), key=first.count)} steps in the first epoch")
+    if later:
+        parts.append(f"then every {max(set(later), key=later.count)} steps ({per_epoch} steps make an epoch)")
+    return ", ".join(parts) or "at the end of the run"
+
+
 def _per_class_lines(group: dict[str, Any]) -> list[str]:
     lines = ["| digit | " + " | ".join(ARMS) + " |", "| --- | --- | --- |"]
     for digit in range(10):
@@ -225,8 +239,8 @@ def write_report(results: dict[str, Any], path: Path) -> None:
         "",
         *_table(rows),
         "",
-        "Steps and seconds count training only (evaluation excluded), at the resolution of the evaluations: every 50 "
-        "steps in the first epoch, then every half epoch. 'Not reached' means some seeds never got there. "
+        "Steps and seconds count training only (evaluation excluded), at the resolution of the evaluations: "
+        f"{_evaluation_spacing(runs[0])}. 'Not reached' means some seeds never got there. "
         "Both arms train with label smoothing 0.1, whose target puts 0.91 on the true class, so both come out "
         "under-confident and their ECE is high by construction; compare the arms' ECE with each other, not with zero.",
         "",
