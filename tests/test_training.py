@@ -238,6 +238,16 @@ def test_resume_with_other_seed_is_error(task1_run, task1_zip, tmp_path, capsys)
     assert (run / "last.pt").stat().st_mtime_ns == before
 
 
+def test_resume_with_other_split_error_is_short(task1_run, task1_zip, tmp_path, capsys):
+    run = shutil.copytree(task1_run, tmp_path / "run")
+
+    code = train_cli("task1", task1_zip, run, "--epochs", "2", "--val-per-class", "0", "--resume")
+
+    stderr = capsys.readouterr().err
+    assert_one_line_error(code, stderr, "belongs to another run", "split")
+    assert len(error_lines(stderr)[0]) < 500
+
+
 def test_resume_to_more_epochs_warns(task1_run, task1_zip, tmp_path, caplog):
     run = shutil.copytree(task1_run, tmp_path / "run")
 

@@ -94,6 +94,12 @@ class RunSpec:
     extra_state: dict[str, Any] = field(default_factory=dict)
 
 
+def _short(value: Any, limit: int = 60) -> str:
+    """Return repr(value), cut to ``limit`` characters: a split lists hundreds of file names."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def to_inputs(canvases: np.ndarray | torch.Tensor, recipe: Recipe) -> torch.Tensor:
     """Turn uint8 canvases into normalised float inputs, as evaluate.preprocessing.normalize does."""
     values = torch.as_tensor(canvases).float().div_(255.0)
@@ -244,12 +250,12 @@ class Trainer:
         stored_config = state.get("train_config", {})
         planned = {"train_images": len(self.spec.train), **self.spec.extra_state}
         differences = [
-            f"{key} {stored_config.get(key)!r} (now {value!r})"
+            f"{key} {_short(stored_config.get(key))} (now {_short(value)})"
             for key, value in (("seed", self.config.seed), ("batch_size", self.config.batch_size), ("lr", self.config.lr))
             if key in stored_config and stored_config[key] != value
         ]
         differences += [
-            f"{key} {state[key]!r} (now {planned[key]!r})"
+            f"{key} {_short(state[key])} (now {_short(planned[key])})"
             for key in RUN_IDENTITY_KEYS
             if key in state and key in planned and state[key] != planned[key]
         ]
