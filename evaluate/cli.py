@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Sequence
 
+from evaluate.arguments import non_negative_int, positive_int
 from evaluate.errors import InputError
 
 if TYPE_CHECKING:
@@ -38,20 +39,6 @@ examples:
   python -m evaluate --model model.onnx scans/ --predictions scans.csv
 
 exit status: 0 on success, 2 on invalid input (model, data or flags)."""
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is not a positive integer")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value} is negative")
-    return value
 
 
 def _add_input_arguments(parser: argparse.ArgumentParser) -> None:
@@ -95,7 +82,7 @@ def _add_preprocessing_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--input-size",
-        type=_positive_int,
+        type=positive_int,
         metavar="PIXELS",
         help="side of the square model input in pixels (default: from the model's input shape)",
     )
@@ -114,18 +101,18 @@ def _add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--workers",
-        type=_positive_int,
+        type=positive_int,
         metavar="N",
         help="processes that decode and preprocess images (default: the CPUs this process may run on)",
     )
     group.add_argument(
         "--threads",
-        type=_positive_int,
+        type=positive_int,
         metavar="N",
         help="onnxruntime intra-op threads (default: the CPUs this process may run on)",
     )
     group.add_argument(
-        "--batch-size", type=_positive_int, default=256, metavar="N", help="images per inference batch (default: 256)"
+        "--batch-size", type=positive_int, default=256, metavar="N", help="images per inference batch (default: 256)"
     )
     group.add_argument(
         "--strict",
@@ -154,13 +141,13 @@ def _add_output_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--rows",
-        type=_non_negative_int,
+        type=non_negative_int,
         default=15,
         metavar="N",
         help="classes shown in the per-class table, worst F1 first; 0 shows all (default: 15)",
     )
     group.add_argument(
-        "--pairs", type=_non_negative_int, default=10, metavar="N", help="most-confused pairs shown (default: 10)"
+        "--pairs", type=non_negative_int, default=10, metavar="N", help="most-confused pairs shown (default: 10)"
     )
     group.add_argument("-v", "--verbose", action="store_true", help="log progress details at INFO level")
 

@@ -123,6 +123,6 @@ def grade(args: argparse.Namespace, out: Console, err: Console) -> int:
         show.print_confused_pairs(out, evaluation, args.pairs)
     else:
         show.print_prediction_counts(out, evaluation)
-    for what, path in written:
-        show.print_written(out, what, path)
+    for description, path in written:
+        show.print_written(out, description, path)
     return 0

@@ -17,7 +17,7 @@ from rich.logging import RichHandler
 from rich.markup import escape
 
 from evaluate.errors import InputError
-from train.arguments import positive_int
+from evaluate.arguments import positive_int
 
 DEFAULT_DATA = "../shared/data/trainPart1.zip"
 
@@ -29,8 +29,8 @@ def _add_common_run_arguments(
     parser.add_argument("--seed", type=int, default=0, help="seed of the split, initial weights, data order and augmentation (default 0)")
     parser.add_argument(
         "--out",
-        help=f"run folder for last.pt, history.h5 and best.pt, which holds the best validation top-1 of a run "
-        f"with a validation split and the newest weights otherwise (default {out_default})",
+        help=f"run folder for last.pt, history.h5 and best.pt: the weights with the best validation top-1 when the run "
+        f"has a validation split, else the newest weights (default {out_default})",
     )
     parser.add_argument(
         "--resume",

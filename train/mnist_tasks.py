@@ -20,7 +20,7 @@ from rich.console import Console
 
 from evaluate.datasets import DIGIT_CLASSES
 from evaluate.errors import InputError
-from train.arguments import non_negative_int
+from evaluate.arguments import non_negative_int
 from evaluate.preprocessing import MNIST_RECIPE
 from train.augment import AffineRange
 from train.checkpoints import load_checkpoint, require_resumable

@@ -21,7 +21,7 @@ from rich.console import Console
 from evaluate.atomic import atomic_path
 from evaluate.decoding import available_cpus
 from evaluate.errors import InputError
-from train.arguments import non_negative_int, positive_int
+from evaluate.arguments import non_negative_int, positive_int
 from train.checkpoints import load_checkpoint, model_from_state
 from train.loop import LabelledArrays, evaluate_arrays
 from train.mnist_data import load_mnist, subset

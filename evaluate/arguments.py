@@ -1,4 +1,4 @@
-"""Argument types shared by the training sub-commands."""
+"""Argument types shared by the command lines of evaluate and train; standard library only."""
 
 from __future__ import annotations
 
