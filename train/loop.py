@@ -94,8 +94,8 @@ class RunSpec:
     extra_state: dict[str, Any] = field(default_factory=dict)
 
 
-def _short(value: Any, limit: int = 60) -> str:
-    """Return repr(value), cut to ``limit`` characters: a split lists hundreds of file names."""
+def _truncated_repr(value: Any, limit: int = 60) -> str:
+    """Return repr(value) cut to ``limit`` characters, because a split lists hundreds of file names."""
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
@@ -250,12 +250,12 @@ class Trainer:
         stored_config = state.get("train_config", {})
         planned = {"train_images": len(self.spec.train), **self.spec.extra_state}
         differences = [
-            f"{key} {_short(stored_config.get(key))} (now {_short(value)})"
+            f"{key} {_truncated_repr(stored_config.get(key))} (now {_truncated_repr(value)})"
             for key, value in (("seed", self.config.seed), ("batch_size", self.config.batch_size), ("lr", self.config.lr))
             if key in stored_config and stored_config[key] != value
         ]
         differences += [
-            f"{key} {_short(state[key])} (now {_short(planned[key])})"
+            f"{key} {_truncated_repr(state[key])} (now {_truncated_repr(planned[key])})"
             for key in RUN_IDENTITY_KEYS
             if key in state and key in planned and state[key] != planned[key]
         ]

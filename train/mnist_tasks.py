@@ -240,7 +240,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
         extra_state={
             "task": "task2",
             "command": getattr(args, "command_line", None),
-            # Lets export check parity on real MNIST test images without --data.
+            # Export reads this path to check parity on real MNIST test images without --data.
             "data": {"path": str(Path(args.mnist).resolve())},
             "validation_holdout": args.validation,
         },
